@@ -1,0 +1,81 @@
+// Package cli holds what Palisade's commands share: logging setup, flags that
+// also read the environment, and signal handling.
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// Logging configures slog from --log-level and --log-format.
+type Logging struct {
+	Level  slog.LevelVar
+	Format string
+}
+
+// Register adds the logging flags to fs.
+func (l *Logging) Register(fs *flag.FlagSet, prefix string) {
+	fs.TextVar(&l.Level, "log-level", &l.Level, "log level: debug, info, warn, error (env "+prefix+"LOG_LEVEL)")
+	fs.StringVar(&l.Format, "log-format", "text", "log format: text or json (env "+prefix+"LOG_FORMAT)")
+}
+
+// Logger builds the logger, writing to w.
+func (l *Logging) Logger(w io.Writer, component string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: &l.Level}
+	var h slog.Handler
+	if l.Format == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	} else {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h).With("component", component)
+}
+
+// EnvDefaults sets every flag not given on the command line from the
+// environment variable PREFIX + FLAG_NAME (upper case, dashes as
+// underscores), so each flag can also be configured by environment.
+func EnvDefaults(fs *flag.FlagSet, prefix string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		env := prefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	return err
+}
+
+// SignalContext returns a context cancelled on SIGINT or SIGTERM.
+func SignalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+}
+
+// StringList is a repeatable string flag that also accepts comma lists.
+type StringList []string
+
+// String implements flag.Value.
+func (s *StringList) String() string { return strings.Join(*s, ",") }
+
+// Set implements flag.Value.
+func (s *StringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}

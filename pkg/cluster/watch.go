@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// FileSource watches YAML files or directories and publishes a new Snapshot
+// whenever their content changes. Polling (rather than inotify) keeps it
+// correct for files replaced by rename, edited in place, or on any
+// filesystem; the cost is one stat-and-hash per interval.
+type FileSource struct {
+	Paths    []string
+	Interval time.Duration // default 200ms
+	Logger   *slog.Logger
+}
+
+// Run calls onChange with the first snapshot and then with every changed one,
+// until ctx ends. A snapshot that fails to decode is logged and skipped: the
+// previous one stays in force, so a half-written file never empties the
+// cluster view. Run returns the error of the first load if it fails.
+func (f *FileSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
+	interval := f.Interval
+	if interval <= 0 {
+		interval = 200 * time.Millisecond
+	}
+	log := f.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	sum, err := f.digest()
+	if err != nil {
+		return err
+	}
+	snap, err := Load(f.Paths...)
+	if err != nil {
+		return err
+	}
+	onChange(snap)
+	var lastErr string
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		next, err := f.digest()
+		if err == nil && next == sum {
+			continue
+		}
+		var s *Snapshot
+		if err == nil {
+			s, err = Load(f.Paths...)
+		}
+		if err != nil {
+			if err.Error() != lastErr {
+				log.Warn("cluster source unreadable; keeping the previous view", "error", err)
+				lastErr = err.Error()
+			}
+			continue
+		}
+		lastErr = ""
+		sum = next
+		onChange(s)
+	}
+}
+
+func (f *FileSource) digest() ([32]byte, error) {
+	h := sha256.New()
+	files, err := expand(f.Paths)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	for _, name := range files {
+		fh, err := os.Open(name)
+		if err != nil {
+			return [32]byte{}, fmt.Errorf("cluster source: %w", err)
+		}
+		fmt.Fprintf(h, "%s\x00", name)
+		_, err = io.Copy(h, fh)
+		fh.Close()
+		if err != nil {
+			return [32]byte{}, fmt.Errorf("cluster source %s: %w", name, err)
+		}
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out, nil
+}
+
+// WriteFile atomically replaces path with data (write to a temporary file in
+// the same directory, then rename), so a FileSource never reads a torn file.
+func WriteFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
