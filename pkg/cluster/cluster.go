@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -146,8 +147,14 @@ func (s *Snapshot) addObject(u *unstructured.Unstructured) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
 	}
+	// sigs.k8s.io/json is the decoder the API server uses: its strict
+	// errors name the full field path (spec.containers[0].comand).
 	strict := func(into any) error {
-		if err := yaml.UnmarshalStrict(js, into); err != nil {
+		strictErrs, err := kjson.UnmarshalStrict(js, into, kjson.DisallowUnknownFields)
+		if err == nil && len(strictErrs) > 0 {
+			err = errors.Join(strictErrs...)
+		}
+		if err != nil {
 			return fmt.Errorf("%s %q: %w", u.GetKind(), u.GetName(), err)
 		}
 		return nil
