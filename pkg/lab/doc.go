@@ -1,0 +1,61 @@
+// Package lab builds a multi-node, Kubernetes-like cluster on one Linux host
+// out of network namespaces, for demos and end-to-end tests of Palisade.
+//
+// # What it builds
+//
+// From Kubernetes YAML (Namespaces, Pods with spec.nodeName, Services, and
+// any other kind, such as policies, passed through):
+//
+//   - an underlay netns "<name>-underlay" with the bridge br-underlay;
+//   - per node (the distinct spec.nodeName values, in name order, i = 1, 2,
+//     ...) a netns "<name>-node-<node>" whose eth0 hangs off the underlay
+//     bridge (its peer there is veth-n<i>) with 10.88.0.(10+i)/24, and a
+//     bridge br-pods with 10.244.i.1/24, the gateway of the node's pod CIDR
+//     10.244.i.0/24; ip_forward is on and every node routes the other nodes'
+//     pod CIDRs via their underlay addresses;
+//   - per pod a netns "<name>-<namespace>-<pod>" whose eth0 has 10.244.i.N/24
+//     (N from 2) and a default route via 10.244.i.1; its peer in the node
+//     netns is veth-p<k> (k numbers pods lab-wide), attached to br-pods.
+//     Pod ports are isolated on the bridge and the bridge answers ARP for the
+//     pod CIDR, so even pods on the same node talk through the node's IP
+//     stack;
+//   - kube-proxy: in each node netns, iptables nat rules (chains PLAB-*) DNAT
+//     a Service's clusterIP:port to its ready endpoints, chosen at random
+//     with equal probability. Cluster IPs come from 10.96.0.0/16 unless the
+//     Service sets spec.clusterIP;
+//   - per pod /etc/netns/<netns>/hosts (localhost, the pod's name, and for
+//     every Service "VIP name name.ns name.ns.svc name.ns.svc.cluster.local",
+//     the pod's own namespace first) and resolv.conf, which "ip netns exec"
+//     bind-mounts for every process it starts in the pod;
+//   - the cluster state: the objects as the kube API would report them (pods
+//     with uid, podIP(s), hostIP, phase and Ready condition; Services with
+//     their cluster IPs), one YAML file per kind in <state>/<name>/cluster/,
+//     each replaced atomically. Agents and node proxies read it with
+//     --cluster DIR and watch it;
+//   - unless NoPalisade: per node, palisade-agent and palisade-nodeproxy run
+//     inside the node netns, detached, logging to
+//     <state>/<name>/nodes/<node>/{agent,nodeproxy}.log; Up waits for the
+//     agent's GET /readyz on its CNI socket and the node proxy's
+//     127.0.0.1:15021/healthz/ready inside the node netns;
+//   - per pod, after its network exists and before its containers start,
+//     CNI ADD of the chained plugin "palisade-agent cni" (and DEL on
+//     deletion), the way a container runtime calls it;
+//   - the pod's containers as detached processes ("ip netns exec <netns>
+//     command args...") with the container's env, logging to
+//     <state>/<name>/pods/<ns>_<pod>.log. "$(LAB_BIN)" in command, args and
+//     env is the lab's own executable, whose hidden subcommands serve-http
+//     and serve-echo are small servers for demos and tests. Init containers
+//     run to completion first. A container is ready when its readinessProbe
+//     passes, or, without one, when all its TCP containerPorts accept
+//     connections.
+//
+// # State
+//
+// Everything the lab creates is recorded in <state>/<name>/lab.json before
+// it is created, so Down (and "lab down") can tear down a lab whose "up"
+// crashed at any point; it also removes stray "<name>-*" namespaces. No lab
+// address, route, rule or sysctl is ever configured in the root network
+// namespace: links are created from inside lab namespaces (a veth's peer is
+// created directly in its target namespace), and sysctls are written from a
+// thread verified to be inside the lab namespace.
+package lab
