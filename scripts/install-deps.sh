@@ -12,6 +12,7 @@ declare -A need=(
   [nft]=nftables
   [tcpdump]=tcpdump
   [curl]=curl
+  [jq]=jq
   [nsenter]=util-linux
 )
 if [ "${PALISADE_BENCH_DEPS:-0}" = 1 ]; then

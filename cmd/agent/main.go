@@ -1,0 +1,147 @@
+// Command palisade-agent is Palisade's per-node enrollment agent. It watches
+// the cluster, installs redirect rules inside the network namespace of every
+// enrolled pod on its node, and hands those pods to the node proxy.
+//
+// "palisade-agent cni" is the chained CNI plugin entry point a container
+// runtime invokes for new pods.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/palisade-net/palisade/internal/cli"
+	"github.com/palisade-net/palisade/pkg/agent"
+	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/cni"
+	"github.com/palisade-net/palisade/pkg/handoff"
+	"github.com/palisade-net/palisade/pkg/redirect"
+)
+
+const usage = `palisade-agent: Palisade's per-node enrollment agent.
+
+It enrolls the pods on this node whose namespace is labelled
+palisade.dev/mtls=enabled (or io.cilium/mtls-enabled=true), unless the pod
+opts out with palisade.dev/mtls=disabled: it installs redirect rules inside
+each pod's network namespace and hands the pod to the node proxy over
+--proxy-socket. New pods arrive through the chained CNI plugin
+("palisade-agent cni", talking to --cni-socket); pods already running are found
+by scanning network namespaces.
+
+Standalone mode: the cluster view comes from YAML files (--cluster), watched
+for changes. Every flag can also be set by environment: PALISADE_<FLAG> with
+dashes as underscores.
+
+Usage:
+  palisade-agent [flags]      run the agent
+  palisade-agent cni          CNI plugin (invoked by the container runtime)
+
+Flags:
+`
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "cni" {
+		cni.Main()
+		return
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "palisade-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("palisade-agent", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	var (
+		logging      cli.Logging
+		clusterPaths cli.StringList
+		node         = fs.String("node", os.Getenv("NODE_NAME"), "this node's name")
+		proxySocket  = fs.String("proxy-socket", "/var/run/palisade/proxy.sock", "socket the node proxy connects to")
+		cniSocket    = fs.String("cni-socket", "/var/run/palisade/cni.sock", "socket the CNI plugin talks to")
+		netnsDir     = fs.String("netns-dir", "/var/run/netns", "directory of named network namespaces to scan")
+		cniWait      = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
+	)
+	fs.Var(&clusterPaths, "cluster", "YAML file or directory of cluster objects (standalone mode; repeatable)")
+	logging.Register(fs, "PALISADE_")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if err := cli.EnvDefaults(fs, "PALISADE_"); err != nil {
+		return err
+	}
+	log := logging.Logger(os.Stderr, "agent")
+	if *node == "" {
+		return errors.New("--node is required")
+	}
+	if len(clusterPaths) == 0 {
+		return errors.New("--cluster is required (Kubernetes mode comes later)")
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+
+	hs, err := handoff.Listen(*proxySocket, log)
+	if err != nil {
+		return err
+	}
+	defer hs.Close()
+
+	a := agent.New(agent.Config{
+		Node:    *node,
+		Proxy:   hs,
+		Rules:   agent.RedirectRules{Config: redirect.DefaultConfig()},
+		Finder:  &agent.Finder{NetnsDir: *netnsDir, Logger: log},
+		Logger:  log,
+		CNIWait: *cniWait,
+	})
+	cs, err := cni.Listen(*cniSocket, cniHandler{a}, log)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+
+	src := &cluster.FileSource{Paths: clusterPaths, Logger: log}
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- src.Run(ctx, a.OnSnapshot) }()
+
+	log.Info("starting", "node", *node, "cluster", clusterPaths.String(), "proxy_socket", *proxySocket, "cni_socket", *cniSocket)
+	runErr := make(chan error, 1)
+	go func() {
+		runErr <- a.Run(ctx, func() {
+			cs.SetReady(true)
+			log.Info("ready")
+		})
+	}()
+	select {
+	case err := <-srcErr:
+		if err != nil {
+			stop()
+			<-runErr
+			return fmt.Errorf("cluster source: %w", err)
+		}
+		return <-runErr
+	case err := <-runErr:
+		return err
+	}
+}
+
+// cniHandler adapts the agent to the CNI server's handler.
+type cniHandler struct{ a *agent.Agent }
+
+func (h cniHandler) PodAdded(ctx context.Context, ev cni.PodEvent) error {
+	return h.a.PodAdded(ctx, agent.PodEvent{Namespace: ev.Namespace, Name: ev.Name, UID: ev.UID, Netns: ev.Netns, IPs: ev.IPs})
+}
+
+func (h cniHandler) PodDeleted(ctx context.Context, ev cni.PodEvent) error {
+	return h.a.PodDeleted(ctx, agent.PodEvent{Namespace: ev.Namespace, Name: ev.Name, UID: ev.UID, Netns: ev.Netns, IPs: ev.IPs})
+}

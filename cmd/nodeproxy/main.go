@@ -1,0 +1,160 @@
+// Command palisade-nodeproxy is Palisade's per-node proxy. It receives
+// enrolled pods from the agent on the same node, listens inside each pod's
+// network namespace, and carries the pods' traffic in HBONE mutual-TLS
+// tunnels between nodes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/palisade-net/palisade/internal/cli"
+	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/handoff"
+	"github.com/palisade-net/palisade/pkg/identity"
+	"github.com/palisade-net/palisade/pkg/nodeproxy"
+)
+
+const usage = `palisade-nodeproxy: Palisade's node proxy.
+
+It connects to the agent on this node (--agent-socket), receives each enrolled
+pod's network namespace, opens listeners inside it (15001 outbound, 15006
+inbound plaintext, 15008 inbound HBONE) and tunnels traffic between enrolled
+pods over mutual TLS 1.3 with SPIFFE identities.
+
+Standalone mode (no Kubernetes, no SPIRE): the cluster view comes from YAML
+files (--cluster) and identities from a development CA (--dev-ca-dir).
+
+Every flag can also be set by environment: PALISADE_<FLAG> with dashes as
+underscores (for example PALISADE_TRUST_DOMAIN).
+
+Endpoints in the node's namespace: admin (--admin-addr, localhost only),
+metrics (--metrics-addr, /metrics), readiness (--ready-addr, /healthz/ready).
+
+Flags:
+`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "palisade-nodeproxy:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("palisade-nodeproxy", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	var (
+		logging      cli.Logging
+		clusterPaths cli.StringList
+		node         = fs.String("node", os.Getenv("NODE_NAME"), "this node's name")
+		agentSocket  = fs.String("agent-socket", "/var/run/palisade/proxy.sock", "the agent's handoff socket")
+		devCADir     = fs.String("dev-ca-dir", "/var/lib/palisade/dev-ca", "directory of the development CA (created if missing)")
+		trustDomain  = fs.String("trust-domain", "cluster.local", "SPIFFE trust domain")
+		svidTTL      = fs.Duration("svid-ttl", time.Hour, "lifetime of SVIDs issued by the development CA")
+		adminAddr    = fs.String("admin-addr", "127.0.0.1:15000", "admin API address (keep it on localhost)")
+		metricsAddr  = fs.String("metrics-addr", ":15020", "Prometheus metrics address")
+		readyAddr    = fs.String("ready-addr", ":15021", "readiness address")
+		drainTimeout = fs.Duration("drain-timeout", 25*time.Second, "how long connections may finish after SIGTERM")
+	)
+	fs.Var(&clusterPaths, "cluster", "YAML file or directory of cluster objects (standalone mode; repeatable)")
+	logging.Register(fs, "PALISADE_")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if err := cli.EnvDefaults(fs, "PALISADE_"); err != nil {
+		return err
+	}
+	log := logging.Logger(os.Stderr, "nodeproxy")
+	if *node == "" {
+		return errors.New("--node is required")
+	}
+	if len(clusterPaths) == 0 {
+		return errors.New("--cluster is required (Kubernetes mode comes later)")
+	}
+	td, err := spiffeid.TrustDomainFromString(*trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	ca, err := identity.LoadOrCreateDevCA(*devCADir, td)
+	if err != nil {
+		return err
+	}
+	ids := identity.NewDevProvider(ca, *svidTTL, log)
+	log.Info("starting", "node", *node, "identity", "development CA", "ca_dir", *devCADir, "trust_domain", td.String())
+
+	ctx, stop := cli.SignalContext()
+	defer stop()
+
+	proxy, err := nodeproxy.New(nodeproxy.Config{
+		Node:        *node,
+		TrustDomain: td,
+		Identities:  ids,
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+
+	servers := []*http.Server{}
+	for _, s := range []struct {
+		addr string
+		h    http.Handler
+	}{
+		{*adminAddr, proxy.AdminHandler(&logging.Level)},
+		{*metricsAddr, proxy.MetricsHandler()},
+		{*readyAddr, proxy.ReadyHandler()},
+	} {
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 5 * time.Second}
+		servers = append(servers, srv)
+		go srv.Serve(ln)
+	}
+
+	src := &cluster.FileSource{Paths: clusterPaths, Logger: log}
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- src.Run(ctx, proxy.UpdateCluster) }()
+
+	client := &handoff.Client{Logger: log}
+	go func() {
+		if err := client.Run(ctx, *agentSocket, proxy); err != nil && ctx.Err() == nil {
+			log.Error("agent connection ended", "error", err)
+			stop()
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err := <-srcErr:
+		if err != nil {
+			return fmt.Errorf("cluster source: %w", err)
+		}
+		<-ctx.Done()
+	}
+	log.Info("draining", "timeout", drainTimeout.String())
+	dctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
+	defer cancel()
+	proxy.Shutdown(dctx)
+	for _, s := range servers {
+		s.Close()
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,432 @@
+// Package agent is the per-node enrollment controller. It watches the
+// cluster view, decides which pods on its node are enrolled, installs the
+// in-pod redirect rules (pkg/redirect) and hands each enrolled pod's network
+// namespace to the node proxy (pkg/handoff).
+//
+// The agent keeps no state that it cannot rebuild: after a crash it finds the
+// pods' namespaces again (scanning, see discover.go), re-applies rules
+// idempotently and replays its snapshot to the node proxy. Ordering is chosen
+// so that a pod never sends plaintext to an enrolled peer: the node proxy's
+// listeners are created before the redirect rules, and on removal the rules
+// go first; while rules exist but no proxy listens, connections are refused.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/handoff"
+	"github.com/palisade-net/palisade/pkg/netns"
+	"github.com/palisade-net/palisade/pkg/redirect"
+	"github.com/palisade-net/palisade/pkg/workload"
+)
+
+// Proxy is the node proxy as the agent sees it (implemented by
+// handoff.Server).
+type Proxy interface {
+	AddWorkload(ctx context.Context, w workload.Workload, netns *os.File) error
+	DeleteWorkload(ctx context.Context, uid string) error
+}
+
+// Rules installs and removes the in-pod redirect rules (implemented by
+// pkg/redirect through RedirectRules).
+type Rules interface {
+	Install(ctx context.Context, h *netns.Handle) error
+	Remove(ctx context.Context, h *netns.Handle) error
+	Installed(ctx context.Context, h *netns.Handle) (bool, error)
+}
+
+// Config configures an Agent.
+type Config struct {
+	Node   string
+	Proxy  Proxy
+	Rules  Rules
+	Finder *Finder
+	Logger *slog.Logger
+	// CNIWait is how long a CNI ADD waits for the pod to appear in the
+	// cluster view before failing.
+	CNIWait time.Duration
+}
+
+// Agent reconciles enrolled pods on one node.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex // serialises reconciles
+	snap     *cluster.Snapshot
+	enrolled map[string]*pod   // by pod UID
+	known    map[string]string // netns path by pod UID, learned from CNI
+	// deleted holds UIDs removed by CNI DEL, so that a cluster view that
+	// still lists the pod does not enroll it again.
+	deleted map[string]bool
+	changed chan struct{}
+	// snapSeen is closed/replaced whenever a new snapshot arrives, so that
+	// a CNI ADD can wait for its pod.
+	snapSeen chan struct{}
+}
+
+type pod struct {
+	wl     workload.Workload
+	ns     *netns.Handle
+	path   string
+	inode  uint64
+	status string
+}
+
+// New returns an agent. Call Run to start it.
+func New(cfg Config) *Agent {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CNIWait == 0 {
+		cfg.CNIWait = 10 * time.Second
+	}
+	return &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		enrolled: map[string]*pod{},
+		known:    map[string]string{},
+		deleted:  map[string]bool{},
+		changed:  make(chan struct{}, 1),
+		snapSeen: make(chan struct{}),
+	}
+}
+
+// OnSnapshot publishes a new cluster view; reconciliation follows
+// asynchronously in Run.
+func (a *Agent) OnSnapshot(s *cluster.Snapshot) {
+	a.mu.Lock()
+	a.snap = s
+	for uid := range a.deleted {
+		if !hasUID(s, uid) {
+			delete(a.deleted, uid)
+		}
+	}
+	close(a.snapSeen)
+	a.snapSeen = make(chan struct{})
+	a.mu.Unlock()
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles on every change until ctx ends. ready is called once after
+// the first full reconcile.
+func (a *Agent) Run(ctx context.Context, ready func()) error {
+	first := true
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.changed:
+		case <-retry.C:
+		}
+		err := a.Reconcile(ctx)
+		if err != nil {
+			a.log.Warn("reconcile incomplete; retrying", "error", err)
+			retry.Reset(time.Second)
+		}
+		if first && a.snapshot() != nil {
+			first = false
+			if ready != nil {
+				ready()
+			}
+		}
+	}
+}
+
+func (a *Agent) snapshot() *cluster.Snapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.snap
+}
+
+// Status reports each enrolled pod's state, keyed by "namespace/name".
+func (a *Agent) Status() map[string]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]string{}
+	for _, p := range a.enrolled {
+		out[p.wl.Key()] = p.status
+	}
+	return out
+}
+
+// desired returns the enrolled workloads on this node, by UID.
+func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
+	out := map[string]workload.Workload{}
+	if s == nil {
+		return out
+	}
+	for _, p := range s.PodsOnNode(a.cfg.Node) {
+		ns := s.Namespace(p.Namespace)
+		if !workload.PodEnrolled(ns, p) {
+			continue
+		}
+		w := workload.FromPod(ns, p)
+		if len(w.IPs) == 0 || w.UID == "" || a.deleted[w.UID] {
+			continue // not running yet; CNI ADD or a later snapshot brings it
+		}
+		out[w.UID] = w
+	}
+	return out
+}
+
+// Reconcile converges the node to the current snapshot once.
+func (a *Agent) Reconcile(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reconcileLocked(ctx, nil)
+}
+
+// reconcileLocked converges every pod, or only the UIDs in only when given.
+func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error {
+	want := a.desired(a.snap)
+	var errs []error
+	// Removals first: pods that left, were unlabelled or opted out.
+	for _, uid := range slices.Sorted(maps.Keys(a.enrolled)) {
+		if only != nil && !only[uid] {
+			continue
+		}
+		if _, ok := want[uid]; ok {
+			continue
+		}
+		if err := a.unenroll(ctx, uid); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, uid := range slices.Sorted(maps.Keys(want)) {
+		if only != nil && !only[uid] {
+			continue
+		}
+		if err := a.enroll(ctx, want[uid]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if only == nil {
+		errs = append(errs, a.cleanStrays(ctx, want)...)
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
+	cur := a.enrolled[w.UID]
+	if cur != nil && sameFacts(cur.wl, w) && cur.status == "enrolled" {
+		return nil
+	}
+	var h *netns.Handle
+	var path string
+	if cur != nil {
+		h, path = cur.ns, cur.path
+	} else {
+		var err error
+		h, path, err = a.openNetns(w)
+		if err != nil {
+			return fmt.Errorf("enroll %s: %w", w.Key(), err)
+		}
+		ino, _ := h.Inode()
+		cur = &pod{ns: h, path: path, inode: ino}
+		a.enrolled[w.UID] = cur
+	}
+	cur.wl = w
+	log := a.log.With("pod", w.Key(), "uid", w.UID, "netns", path)
+	// Listeners first, then rules: no window in which captured traffic finds
+	// no proxy. If the proxy is absent the rules still go in: the pod's
+	// connections are refused until it arrives, never sent in plaintext.
+	perr := a.cfg.Proxy.AddWorkload(ctx, w, h.File())
+	if perr != nil && !errors.Is(perr, handoff.ErrNoProxy) {
+		cur.status = "failed: " + perr.Error()
+		return fmt.Errorf("enroll %s: node proxy: %w", w.Key(), perr)
+	}
+	if err := a.cfg.Rules.Install(ctx, h); err != nil {
+		cur.status = "failed: " + err.Error()
+		return fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err)
+	}
+	if perr != nil {
+		cur.status = "pending: node proxy not connected"
+		log.Warn("pod enrolled without a node proxy; its traffic is refused until one connects", "reason", perr)
+		return nil
+	}
+	if cur.status != "enrolled" {
+		log.Info("pod enrolled", "mode", w.Mode, "ips", w.IPs)
+	}
+	cur.status = "enrolled"
+	return nil
+}
+
+func (a *Agent) unenroll(ctx context.Context, uid string) error {
+	cur := a.enrolled[uid]
+	log := a.log.With("pod", cur.wl.Key(), "uid", uid)
+	var errs []error
+	if err := a.cfg.Rules.Remove(ctx, cur.ns); err != nil {
+		errs = append(errs, fmt.Errorf("redirect rules: %w", err))
+	}
+	if err := a.cfg.Proxy.DeleteWorkload(ctx, uid); err != nil && !errors.Is(err, handoff.ErrNoProxy) {
+		errs = append(errs, fmt.Errorf("node proxy: %w", err))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("unenroll %s: %w", cur.wl.Key(), errors.Join(errs...))
+	}
+	cur.ns.Close()
+	delete(a.enrolled, uid)
+	delete(a.known, uid)
+	log.Info("pod unenrolled")
+	return nil
+}
+
+// cleanStrays removes rules left in namespaces of pods on this node that are
+// not enrolled (for example a namespace unlabelled while the agent was down).
+func (a *Agent) cleanStrays(ctx context.Context, want map[string]workload.Workload) []error {
+	if a.snap == nil || a.cfg.Finder == nil {
+		return nil
+	}
+	var errs []error
+	for _, p := range a.snap.PodsOnNode(a.cfg.Node) {
+		uid := string(p.UID)
+		if _, ok := want[uid]; ok {
+			continue
+		}
+		if _, ok := a.enrolled[uid]; ok {
+			continue
+		}
+		ips := workload.PodIPs(p)
+		if len(ips) == 0 {
+			continue
+		}
+		h, _, err := a.cfg.Finder.Find(uid, a.known[uid], ips)
+		if err != nil {
+			continue // no namespace, nothing to clean
+		}
+		installed, err := a.cfg.Rules.Installed(ctx, h)
+		if err == nil && installed {
+			if err := a.cfg.Rules.Remove(ctx, h); err != nil {
+				errs = append(errs, fmt.Errorf("remove stray rules of %s/%s: %w", p.Namespace, p.Name, err))
+			} else {
+				a.log.Info("removed stray redirect rules", "pod", p.Namespace+"/"+p.Name)
+			}
+		}
+		h.Close()
+	}
+	return errs
+}
+
+func (a *Agent) openNetns(w workload.Workload) (*netns.Handle, string, error) {
+	if a.cfg.Finder == nil {
+		return nil, "", errors.New("no way to find the pod's network namespace")
+	}
+	return a.cfg.Finder.Find(w.UID, a.known[w.UID], w.IPs)
+}
+
+func sameFacts(a, b workload.Workload) bool {
+	return a.UID == b.UID && a.Name == b.Name && a.Namespace == b.Namespace &&
+		a.ServiceAccount == b.ServiceAccount && a.Mode == b.Mode &&
+		slices.Equal(a.IPs, b.IPs) && maps.Equal(a.Labels, b.Labels)
+}
+
+// PodEvent is what the CNI plugin reports about a pod.
+type PodEvent struct {
+	Namespace, Name, UID string
+	Netns                string
+	IPs                  []netip.Addr
+}
+
+// PodAdded handles a CNI ADD: it waits until the pod is in the cluster view
+// and enrolls it before returning, so the pod's app starts with its traffic
+// already captured.
+func (a *Agent) PodAdded(ctx context.Context, ev PodEvent) error {
+	deadline := time.NewTimer(a.cfg.CNIWait)
+	defer deadline.Stop()
+	for {
+		a.mu.Lock()
+		p := (*cluster.Snapshot)(nil)
+		if a.snap != nil {
+			if pp := a.snap.Pod(ev.Namespace, ev.Name); pp != nil && (ev.UID == "" || string(pp.UID) == ev.UID) {
+				p = a.snap
+			}
+		}
+		if p != nil {
+			uid := ev.UID
+			if uid == "" {
+				uid = string(p.Pod(ev.Namespace, ev.Name).UID)
+			}
+			if ev.Netns != "" {
+				a.known[uid] = ev.Netns
+			}
+			err := a.reconcileLocked(ctx, map[string]bool{uid: true})
+			a.mu.Unlock()
+			return err
+		}
+		wait := a.snapSeen
+		a.mu.Unlock()
+		select {
+		case <-wait:
+		case <-deadline.C:
+			return fmt.Errorf("pod %s/%s (uid %s) is not in the agent's cluster view after %s", ev.Namespace, ev.Name, ev.UID, a.cfg.CNIWait)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// PodDeleted handles a CNI DEL: the pod's rules and listeners go away now,
+// before its namespace is destroyed.
+func (a *Agent) PodDeleted(ctx context.Context, ev PodEvent) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	uid := ev.UID
+	if uid == "" {
+		for id, p := range a.enrolled {
+			if p.wl.Namespace == ev.Namespace && p.wl.Name == ev.Name {
+				uid = id
+			}
+		}
+	}
+	delete(a.known, uid)
+	if uid != "" {
+		a.deleted[uid] = true
+	}
+	if _, ok := a.enrolled[uid]; !ok {
+		return nil
+	}
+	return a.unenroll(ctx, uid)
+}
+
+// RedirectRules adapts pkg/redirect to the Rules interface.
+type RedirectRules struct{ Config redirect.Config }
+
+// Install implements Rules.
+func (r RedirectRules) Install(ctx context.Context, h *netns.Handle) error {
+	return redirect.Install(ctx, h, r.Config)
+}
+
+// Remove implements Rules.
+func (r RedirectRules) Remove(ctx context.Context, h *netns.Handle) error {
+	return redirect.Remove(ctx, h, r.Config)
+}
+
+// Installed implements Rules.
+func (r RedirectRules) Installed(ctx context.Context, h *netns.Handle) (bool, error) {
+	return redirect.Installed(ctx, h, r.Config)
+}
+
+func hasUID(s *cluster.Snapshot, uid string) bool {
+	for _, p := range s.Pods {
+		if string(p.UID) == uid {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,76 @@
+package nodeproxy
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// AdminHandler serves the admin API (bind it to localhost only):
+//
+//	GET /config_dump   workloads served, with identities
+//	GET /debug/flows   the most recent connection records
+//	GET|PUT /logging   the log level (?level=debug|info|warn|error)
+//	/debug/pprof/      Go profiles
+func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{
+			"node":        p.cfg.Node,
+			"trustDomain": p.cfg.TrustDomain.String(),
+			"ready":       p.Ready(),
+			"workloads":   p.Workloads(),
+		})
+	})
+	mux.HandleFunc("GET /debug/flows", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, p.Flows())
+	})
+	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
+		if l := r.URL.Query().Get("level"); l != "" && level != nil {
+			if err := level.UnmarshalText([]byte(l)); err != nil {
+				http.Error(w, "bad level: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			p.log.Info("log level changed", "level", level.Level().String())
+		}
+		if level != nil {
+			writeJSON(w, map[string]string{"level": level.Level().String()})
+		}
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// ReadyHandler answers /healthz/ready with 200 once Ready, 503 before.
+func (p *Proxy) ReadyHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "not ready: waiting for the cluster view and the agent's snapshot", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// MetricsHandler serves /metrics.
+func (p *Proxy) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,45 @@
+package nodeproxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the node proxy's Prometheus series. Label values are bounded:
+// direction is one of three values, reason one of a fixed set.
+type metrics struct {
+	opened *prometheus.CounterVec
+	closed *prometheus.CounterVec
+	failed *prometheus.CounterVec
+	sent   *prometheus.CounterVec
+	recv   *prometheus.CounterVec
+	pods   prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_tcp_connections_opened_total",
+			Help: "Connections accepted by the node proxy, by direction.",
+		}, []string{"direction"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_tcp_connections_closed_total",
+			Help: "Connections that ended after being established, by direction.",
+		}, []string{"direction"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_tcp_connections_failed_total",
+			Help: "Connections refused or failed, by direction and reason.",
+		}, []string{"direction", "reason"}),
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_tcp_sent_bytes_total",
+			Help: "Bytes sent towards the destination, by direction.",
+		}, []string{"direction"}),
+		recv: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_tcp_received_bytes_total",
+			Help: "Bytes received from the destination, by direction.",
+		}, []string{"direction"}),
+		pods: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "palisade_workloads",
+			Help: "Enrolled workloads served by this node proxy.",
+		}),
+	}
+	reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.recv, m.pods)
+	return m
+}

@@ -1,0 +1,717 @@
+// Package nodeproxy is the per-node proxy. For every enrolled pod handed to
+// it by the agent it opens three listeners inside the pod's network
+// namespace (15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE),
+// carries the pod's outbound connections to enrolled destinations in HBONE
+// tunnels (pkg/hbone) with the pod's SPIFFE identity (pkg/identity), passes
+// connections to non-enrolled destinations through, and terminates inbound
+// tunnels towards the pod's app.
+//
+// Nothing leaves an enrolled pod in plaintext towards an enrolled
+// destination: the app's bytes are only read after the tunnel is up, and a
+// failed tunnel resets the app's connection; there is no fallback.
+package nodeproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/hbone"
+	"github.com/palisade-net/palisade/pkg/identity"
+	"github.com/palisade-net/palisade/pkg/netns"
+	"github.com/palisade-net/palisade/pkg/redirect"
+	"github.com/palisade-net/palisade/pkg/workload"
+)
+
+// Ports inside each pod's network namespace.
+const (
+	OutboundPort     = 15001
+	InboundPlainPort = 15006
+	HBONEPort        = hbone.Port
+)
+
+// DefaultMark is set with SO_MARK on every socket the proxy creates, so the
+// redirect rules never capture the proxy's own traffic.
+const DefaultMark = 0x539
+
+// Decision is the outcome of an authorization check.
+type Decision struct {
+	Allow  bool
+	Reason string // why, for logs and flow records
+	Rule   string // which rule decided, when one did
+}
+
+// Authorizer decides whether a source identity may open a connection to a
+// destination workload's port. The policy engine implements it; nil allows
+// everything.
+type Authorizer interface {
+	AuthorizeL4(src spiffeid.ID, dst *workload.Workload, port uint16) Decision
+}
+
+// Config configures a Proxy.
+type Config struct {
+	Node        string
+	TrustDomain spiffeid.TrustDomain
+	Identities  identity.Provider
+	Authorizer  Authorizer
+	// Mark is set on every socket; default DefaultMark.
+	Mark uint32
+	// DialTimeout bounds tunnel and backend dials; default 5s.
+	DialTimeout time.Duration
+	Logger      *slog.Logger
+	// Registry receives the proxy's metrics; nil creates a private one.
+	Registry *prometheus.Registry
+}
+
+// Proxy is the node proxy.
+type Proxy struct {
+	cfg      Config
+	log      *slog.Logger
+	pool     *hbone.Pool
+	bufs     *bufPool
+	flows    *flowRing
+	metrics  *metrics
+	registry *prometheus.Registry
+
+	index atomic.Pointer[workload.Index]
+	rr    sync.Map // service key -> *atomic.Uint64
+
+	mu       sync.Mutex
+	pods     map[string]*podProxy // by UID
+	draining bool
+
+	haveCluster  atomic.Bool
+	haveSnapshot atomic.Bool
+}
+
+// New creates a proxy. It serves nothing until workloads are added.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Mark == 0 {
+		cfg.Mark = DefaultMark
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	p := &Proxy{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		bufs:     newBufPool(),
+		flows:    newFlowRing(1000),
+		metrics:  newMetrics(reg),
+		registry: reg,
+		pods:     map[string]*podProxy{},
+	}
+	pool, err := hbone.NewPool(hbone.PoolConfig{
+		Identities: cfg.Identities,
+		Logger:     cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node proxy: %w", err)
+	}
+	p.pool = pool
+	p.index.Store(workload.NewIndex(nil, nil))
+	return p, nil
+}
+
+// Registry returns the registry holding the proxy's metrics.
+func (p *Proxy) Registry() *prometheus.Registry { return p.registry }
+
+// UpdateCluster replaces the proxy's view of workloads and services.
+func (p *Proxy) UpdateCluster(s *cluster.Snapshot) {
+	pods := make([]workload.Pod, 0, len(s.Pods))
+	for _, pod := range s.Pods {
+		pods = append(pods, workload.Pod{Namespace: s.Namespace(pod.Namespace), Pod: pod})
+	}
+	p.index.Store(workload.NewIndex(pods, s.Services))
+	p.haveCluster.Store(true)
+}
+
+// Ready reports whether the proxy has a cluster view and has received the
+// agent's snapshot of the node's workloads.
+func (p *Proxy) Ready() bool {
+	return p.haveCluster.Load() && p.haveSnapshot.Load()
+}
+
+// Flows returns the most recent connection records, oldest first.
+func (p *Proxy) Flows() []Flow { return p.flows.list() }
+
+// WorkloadInfo describes a served workload for the admin endpoint.
+type WorkloadInfo struct {
+	workload.Workload
+	Identity   string `json:"identity"`
+	NetnsInode uint64 `json:"netnsInode"`
+}
+
+// Workloads lists the workloads served.
+func (p *Proxy) Workloads() []WorkloadInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []WorkloadInfo
+	for _, uid := range slices.Sorted(maps.Keys(p.pods)) {
+		pp := p.pods[uid]
+		out = append(out, WorkloadInfo{Workload: *pp.wl.Load(), Identity: pp.id.String(), NetnsInode: pp.inode})
+	}
+	return out
+}
+
+// AddWorkload starts serving a pod (handoff.Handler). Adding a pod that is
+// already served in the same namespace only updates its facts, keeping its
+// listeners and connections.
+func (p *Proxy) AddWorkload(ctx context.Context, w workload.Workload, f *os.File) error {
+	h, err := netns.FromFile(f)
+	if err != nil {
+		return fmt.Errorf("workload %s: %w", w.Key(), err)
+	}
+	ino, err := h.Inode()
+	if err != nil {
+		h.Close()
+		return fmt.Errorf("workload %s: %w", w.Key(), err)
+	}
+	id, err := w.Identity(p.cfg.TrustDomain)
+	if err != nil {
+		h.Close()
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining {
+		h.Close()
+		return errors.New("node proxy is shutting down")
+	}
+	if cur := p.pods[w.UID]; cur != nil {
+		if cur.inode == ino && cur.id == id {
+			cur.wl.Store(&w)
+			h.Close()
+			return nil
+		}
+		p.log.Info("workload changed namespace or identity; restarting its listeners", "pod", w.Key())
+		cur.stop()
+		delete(p.pods, w.UID)
+	}
+	pp, err := p.startPod(w, id, h, ino)
+	if err != nil {
+		h.Close()
+		return fmt.Errorf("workload %s: %w", w.Key(), err)
+	}
+	p.pods[w.UID] = pp
+	p.metrics.pods.Set(float64(len(p.pods)))
+	p.log.Info("serving workload", "pod", w.Key(), "identity", id.String(), "mode", w.Mode, "ips", w.IPs)
+	return nil
+}
+
+// DeleteWorkload stops serving a pod and closes its connections
+// (handoff.Handler).
+func (p *Proxy) DeleteWorkload(ctx context.Context, uid string) error {
+	p.mu.Lock()
+	pp := p.pods[uid]
+	delete(p.pods, uid)
+	p.metrics.pods.Set(float64(len(p.pods)))
+	p.mu.Unlock()
+	if pp != nil {
+		pp.stop()
+		p.releaseIdentity(pp.id)
+		p.log.Info("stopped serving workload", "pod", pp.wl.Load().Key())
+	}
+	return nil
+}
+
+// SnapshotDone drops every pod the agent no longer knows (handoff.Handler).
+func (p *Proxy) SnapshotDone(ctx context.Context, uids map[string]bool) error {
+	p.mu.Lock()
+	var stale []string
+	for uid := range p.pods {
+		if !uids[uid] {
+			stale = append(stale, uid)
+		}
+	}
+	p.mu.Unlock()
+	for _, uid := range stale {
+		p.DeleteWorkload(ctx, uid)
+	}
+	p.haveSnapshot.Store(true)
+	return nil
+}
+
+func (p *Proxy) releaseIdentity(id spiffeid.ID) {
+	p.mu.Lock()
+	for _, pp := range p.pods {
+		if pp.id == id {
+			p.mu.Unlock()
+			return
+		}
+	}
+	p.mu.Unlock()
+	p.cfg.Identities.Release(id)
+}
+
+// Shutdown drains: listeners stop accepting, tunnels get GOAWAY, and
+// whatever is still open at ctx's deadline is closed.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.draining = true
+	pods := slices.Collect(maps.Values(p.pods))
+	p.mu.Unlock()
+	for _, pp := range pods {
+		pp.closeListeners()
+	}
+	var wg sync.WaitGroup
+	for _, pp := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pp.drain(ctx)
+		}()
+	}
+	wg.Wait()
+	p.pool.Close()
+	return ctx.Err()
+}
+
+// pick returns the next ready endpoint of a service port, round robin.
+func (p *Proxy) pick(sp *workload.ServicePort) (workload.Endpoint, bool) {
+	if len(sp.Endpoints) == 0 {
+		return workload.Endpoint{}, false
+	}
+	v, _ := p.rr.LoadOrStore(sp.Key, new(atomic.Uint64))
+	n := v.(*atomic.Uint64).Add(1) - 1
+	return sp.Endpoints[n%uint64(len(sp.Endpoints))], true
+}
+
+// podProxy serves one pod.
+type podProxy struct {
+	p     *Proxy
+	wl    atomic.Pointer[workload.Workload]
+	id    spiffeid.ID
+	ns    *netns.Handle
+	inode uint64
+	ctx   context.Context
+	stopF context.CancelFunc
+
+	listeners []net.Listener
+	server    *hbone.Server
+	conns     connSet
+	wg        sync.WaitGroup
+}
+
+func (p *Proxy) startPod(w workload.Workload, id spiffeid.ID, h *netns.Handle, ino uint64) (*podProxy, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	pp := &podProxy{p: p, id: id, ns: h, inode: ino, ctx: ctx, stopF: cancel}
+	pp.wl.Store(&w)
+	opts := netns.SocketOptions{Mark: p.cfg.Mark, ReusePort: true}
+	var lns [3]net.Listener
+	for i, port := range []int{OutboundPort, InboundPlainPort, HBONEPort} {
+		ln, err := netns.Listen(ctx, h, fmt.Sprintf("0.0.0.0:%d", port), opts)
+		if err != nil {
+			for _, l := range lns[:i] {
+				l.Close()
+			}
+			cancel()
+			return nil, err
+		}
+		lns[i] = ln
+	}
+	pp.listeners = lns[:]
+	srv, err := hbone.NewServer(hbone.ServerConfig{
+		Identity:    id,
+		Identities:  p.cfg.Identities,
+		TrustDomain: p.cfg.TrustDomain,
+		Logger:      p.log.With("pod", w.Key(), "listener", "hbone"),
+		Connect:     pp.connectInbound,
+	})
+	if err != nil {
+		for _, l := range lns {
+			l.Close()
+		}
+		cancel()
+		return nil, err
+	}
+	pp.server = srv
+	pp.serve(lns[0], pp.handleOutbound)
+	pp.serve(lns[1], pp.handleInboundPlain)
+	pp.wg.Add(1)
+	go func() {
+		defer pp.wg.Done()
+		if err := pp.server.Serve(lns[2]); err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+			p.log.Warn("hbone listener stopped", "pod", w.Key(), "error", err)
+		}
+	}()
+	return pp, nil
+}
+
+func (pp *podProxy) workload() *workload.Workload { return pp.wl.Load() }
+
+func (pp *podProxy) serve(ln net.Listener, handle func(net.Conn)) {
+	pp.wg.Add(1)
+	go func() {
+		defer pp.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					continue
+				}
+				return
+			}
+			pp.wg.Add(1)
+			go func() {
+				defer pp.wg.Done()
+				if !pp.conns.add(c) {
+					reset(c)
+					return
+				}
+				defer pp.conns.remove(c)
+				handle(c)
+			}()
+		}
+	}()
+}
+
+func (pp *podProxy) closeListeners() {
+	for _, ln := range pp.listeners {
+		ln.Close()
+	}
+}
+
+// drain waits for connections to finish until ctx ends, then closes them.
+func (pp *podProxy) drain(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		pp.server.Shutdown(ctx)
+		pp.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		pp.conns.closeAll()
+		pp.stopF()
+		<-done
+	}
+	pp.ns.Close()
+}
+
+// stop closes everything of the pod at once.
+func (pp *podProxy) stop() {
+	pp.closeListeners()
+	pp.stopF()
+	pp.conns.closeAll()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	pp.server.Shutdown(ctx)
+	cancel()
+	pp.wg.Wait()
+	pp.ns.Close()
+}
+
+func (pp *podProxy) dialer() *netns.Dialer {
+	return &netns.Dialer{Netns: pp.ns, Options: netns.SocketOptions{Mark: pp.p.cfg.Mark}}
+}
+
+// handleOutbound serves a connection the pod's app opened: resolve the
+// destination, then tunnel or pass through.
+func (pp *podProxy) handleOutbound(c net.Conn) {
+	p := pp.p
+	src := pp.workload()
+	f := Flow{Start: time.Now(), Direction: "outbound", Pod: src.Key(), Source: c.RemoteAddr().String(), SrcIdentity: pp.id.String()}
+	p.metrics.opened.WithLabelValues(f.Direction).Inc()
+	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
+	if err != nil {
+		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
+		return
+	}
+	f.Destination = orig.String()
+	ix := p.index.Load()
+	target := orig
+	dst := ix.Workload(orig.Addr())
+	if sp := ix.Service(orig); sp != nil {
+		f.Service = sp.Namespace + "/" + sp.Name
+		ep, ok := p.pick(sp)
+		if !ok {
+			pp.refuse(c, &f, "no-endpoints", fmt.Sprintf("service %s has no ready endpoints", f.Service))
+			return
+		}
+		target, dst = ep.Addr, ep.Workload
+		f.Destination = target.String()
+	}
+	if isOwnPort(target.Port()) && slices.Contains(src.IPs, target.Addr()) {
+		pp.refuse(c, &f, "loop", "connection to the proxy's own port")
+		return
+	}
+	ctx, cancel := context.WithTimeout(pp.ctx, p.cfg.DialTimeout)
+	var up net.Conn
+	if dst != nil && dst.Enrolled {
+		dstID, idErr := dst.Identity(p.cfg.TrustDomain)
+		if idErr != nil {
+			cancel()
+			pp.refuse(c, &f, "bad-identity", idErr.Error())
+			return
+		}
+		f.Transport, f.DstIdentity = "hbone", dstID.String()
+		key := hbone.Key{
+			Src:     pp.id,
+			Dst:     dstID,
+			DstAddr: netip.AddrPortFrom(target.Addr(), HBONEPort),
+			SrcIP:   localIP(c),
+		}
+		hdr := http.Header{"Forwarded": {fmt.Sprintf("for=%q", c.RemoteAddr().String())}}
+		d := pp.dialer()
+		up, err = p.pool.Dial(ctx, key, target.String(), hdr, func(ctx context.Context) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", key.DstAddr.String())
+		})
+		if err == nil {
+			f.PeerIdentity = dstID.String() // the pool verified the server's SAN equals dstID
+		}
+	} else {
+		f.Transport = "plaintext"
+		up, err = pp.dialer().DialContext(ctx, "tcp", target.String())
+	}
+	cancel()
+	if err != nil {
+		pp.refuse(c, &f, "dial-failed", err.Error())
+		return
+	}
+	pp.relay(c, up, &f)
+}
+
+func isOwnPort(port uint16) bool {
+	return port == OutboundPort || port == InboundPlainPort
+}
+
+// connectInbound is the HBONE server's callback for an authenticated
+// CONNECT: check the authority, authorize, and dial the app.
+func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net.Conn, int, error) {
+	p := pp.p
+	w := pp.workload()
+	f := Flow{Start: time.Now(), Direction: "inbound-hbone", Pod: w.Key(), Source: forwardedFor(req.Forwarded), Destination: req.Authority.String(),
+		SrcIdentity: req.Peer.String(), PeerIdentity: req.Peer.String(), DstIdentity: pp.id.String(), Transport: "hbone"}
+	p.metrics.opened.WithLabelValues(f.Direction).Inc()
+	if !slices.Contains(w.IPs, req.Authority.Addr().Unmap()) {
+		f.Verdict, f.Reason = "denied", fmt.Sprintf("authority %s is not this workload", req.Authority)
+		pp.record(&f, "bad-authority")
+		return nil, http.StatusBadRequest, errors.New(f.Reason)
+	}
+	if a := p.cfg.Authorizer; a != nil {
+		if d := a.AuthorizeL4(req.Peer, w, req.Authority.Port()); !d.Allow {
+			f.Verdict, f.Reason = "denied", d.Reason
+			pp.record(&f, "denied")
+			return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", d.Reason)
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	up, err := pp.dialer().DialContext(dctx, "tcp", req.Authority.String())
+	if err != nil {
+		f.Verdict, f.Reason = "failed", "backend unreachable: "+err.Error()
+		pp.record(&f, "backend-unreachable")
+		return nil, http.StatusServiceUnavailable, errors.New(f.Reason)
+	}
+	return &countedConn{Conn: up, done: func(sent, recv int64) {
+		f.BytesSent, f.BytesRecv = recv, sent
+		f.Verdict = "allowed"
+		f.Duration = time.Since(f.Start).String()
+		p.flows.add(f)
+		p.metrics.closed.WithLabelValues(f.Direction).Inc()
+		p.metrics.sent.WithLabelValues(f.Direction).Add(float64(recv))
+		p.metrics.recv.WithLabelValues(f.Direction).Add(float64(sent))
+	}}, http.StatusOK, nil
+}
+
+// handleInboundPlain serves plaintext arriving at the pod: allowed in
+// permissive mode from non-enrolled sources, refused otherwise.
+func (pp *podProxy) handleInboundPlain(c net.Conn) {
+	p := pp.p
+	w := pp.workload()
+	f := Flow{Start: time.Now(), Direction: "inbound-plaintext", Pod: w.Key(), Source: c.RemoteAddr().String(), Transport: "plaintext"}
+	p.metrics.opened.WithLabelValues(f.Direction).Inc()
+	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
+	if err != nil {
+		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
+		return
+	}
+	f.Destination = orig.String()
+	if w.Mode == workload.Strict {
+		pp.refuse(c, &f, "strict-mode", "plaintext refused: workload is in strict mode")
+		return
+	}
+	if src := p.index.Load().Workload(remoteIP(c)); src != nil && src.Enrolled {
+		pp.refuse(c, &f, "plaintext-from-enrolled", fmt.Sprintf("plaintext from enrolled workload %s refused (it should arrive over HBONE)", src.Key()))
+		return
+	}
+	ctx, cancel := context.WithTimeout(pp.ctx, p.cfg.DialTimeout)
+	up, err := pp.dialer().DialContext(ctx, "tcp", orig.String())
+	cancel()
+	if err != nil {
+		pp.refuse(c, &f, "dial-failed", err.Error())
+		return
+	}
+	pp.relay(c, up, &f)
+}
+
+// relay pipes an accepted connection and its upstream and records the flow.
+func (pp *podProxy) relay(c, up net.Conn, f *Flow) {
+	p := pp.p
+	if !pp.conns.add(up) {
+		up.Close()
+		reset(c)
+		return
+	}
+	defer pp.conns.remove(up)
+	p.log.Debug("connection", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
+		"transport", f.Transport, "peer_identity", f.PeerIdentity)
+	sent, recv, _ := p.bufs.pipe(c, up)
+	f.Verdict, f.BytesSent, f.BytesRecv = "allowed", sent, recv
+	f.Duration = time.Since(f.Start).String()
+	p.flows.add(*f)
+	p.metrics.closed.WithLabelValues(f.Direction).Inc()
+	p.metrics.sent.WithLabelValues(f.Direction).Add(float64(sent))
+	p.metrics.recv.WithLabelValues(f.Direction).Add(float64(recv))
+}
+
+// refuse resets c and records why.
+func (pp *podProxy) refuse(c net.Conn, f *Flow, reason, detail string) {
+	reset(c)
+	f.Verdict, f.Reason = "denied", detail
+	if reason == "dial-failed" || reason == "no-endpoints" {
+		f.Verdict = "failed"
+	}
+	pp.record(f, reason)
+}
+
+func (pp *podProxy) record(f *Flow, reason string) {
+	p := pp.p
+	f.Duration = time.Since(f.Start).String()
+	p.flows.add(*f)
+	p.metrics.failed.WithLabelValues(f.Direction, reason).Inc()
+	p.log.Warn("connection refused", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
+		"source_identity", f.SrcIdentity, "reason", f.Reason)
+}
+
+// reset closes c with an RST, so the app sees a refusal rather than a clean
+// end of stream.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+func localIP(c net.Conn) netip.Addr {
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
+func remoteIP(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
+// connSet tracks open connections so that they can be closed on removal.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[net.Conn]struct{}
+	closed bool
+}
+
+func (s *connSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.m == nil {
+		s.m = map[net.Conn]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	conns := slices.Collect(maps.Keys(s.m))
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// countedConn counts bytes through a backend connection and reports them
+// when closed.
+type countedConn struct {
+	net.Conn
+	sent, recv atomic.Int64
+	once       sync.Once
+	done       func(sent, recv int64)
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.recv.Add(int64(n))
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.sent.Add(int64(n))
+	return n, err
+}
+
+// CloseWrite half-closes the backend connection.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.done(c.sent.Load(), c.recv.Load()) })
+	return err
+}
+
+// forwardedFor extracts the client address from a `forwarded: for="ip:port"`
+// header value; anything else is returned as is.
+func forwardedFor(v string) string {
+	for _, part := range strings.Split(v, ";") {
+		part = strings.TrimSpace(part)
+		if len(part) > 4 && strings.EqualFold(part[:4], "for=") {
+			return strings.Trim(part[4:], `"`)
+		}
+	}
+	return v
+}
