@@ -90,8 +90,11 @@ func run(args []string) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 
-	hs, err := handoff.Listen(*proxySocket, log)
-	if err != nil {
+	// Hold snapshots back until the first reconcile has re-discovered every
+	// enrolled pod: a node proxy drops whatever its snapshot lacks, so an
+	// agent restarting must never send it an incomplete one.
+	hs := handoff.NewServer(handoff.ServerOptions{Logger: log, WaitForSync: true})
+	if err := hs.Start(*proxySocket); err != nil {
 		return err
 	}
 	defer hs.Close()
@@ -118,6 +121,7 @@ func run(args []string) error {
 	runErr := make(chan error, 1)
 	go func() {
 		runErr <- a.Run(ctx, func() {
+			hs.MarkSynced()
 			cs.SetReady(true)
 			log.Info("ready")
 		})

@@ -214,16 +214,24 @@ func echoRoundTrip(ctx context.Context, h *netns.Handle, addr string, payload []
 // mustEcho asserts a byte-exact echo of a payload carrying marker.
 func mustEcho(t *testing.T, h *netns.Handle, addr string, marker string, size int) {
 	t.Helper()
+	if err := tryEcho(h, addr, marker, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryEcho is mustEcho returning the failure, for use inside eventually.
+func tryEcho(h *netns.Handle, addr string, marker string, size int) error {
 	payload := makePayload(marker, size)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	got, err := echoRoundTrip(ctx, h, addr, payload)
 	if err != nil {
-		t.Fatalf("echo via %s: %v", addr, err)
+		return fmt.Errorf("echo via %s: %w", addr, err)
 	}
 	if !bytes.Equal(got, payload) {
-		t.Fatalf("echo via %s: got %d bytes, want %d byte-exact", addr, len(got), len(payload))
+		return fmt.Errorf("echo via %s: got %d bytes, want %d byte-exact", addr, len(got), len(payload))
 	}
+	return nil
 }
 
 // makePayload is random bytes with marker repeated through it, so a capture
