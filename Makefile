@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 
 BINARIES := palisade-agent palisade-nodeproxy lab
 
-.PHONY: all build deps test unit e2e fuzz demo bench lint clean
+.PHONY: all build deps test interop demo bench lint clean
 
 all: build
 
@@ -26,6 +26,12 @@ build:
 # Every test: unit tests of each package and the end-to-end tests on the lab.
 test: deps build lint
 	PALISADE_BIN=$(BIN) $(GO) test $(GOFLAGS) $(TESTFLAGS) -count=1 -timeout 30m ./...
+	$(MAKE) interop
+
+# Interop with Istio's Go HBONE package, in its own module so that Istio's
+# dependencies stay out of go.mod.
+interop:
+	cd test/interop && $(GO) vet ./... && $(GO) test $(GOFLAGS) -count=1 -timeout 10m ./...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -34,9 +40,18 @@ lint:
 demo: deps build
 	scripts/demo.sh
 
-bench: build
+# Benchmarks (not part of test, needs root): direct vs Palisade vs an HAProxy
+# mutual-TLS pair on a two-node lab; prints a table and rewrites the results
+# section of docs/benchmarks.md. BENCH_ARGS go to the benchmark program, for
+# example BENCH_ARGS="--pprof .cache/bench/pprof" or "--no-doc".
+bench: build bench-tools
 	PALISADE_BENCH_DEPS=1 scripts/install-deps.sh
-	scripts/bench.sh
+	scripts/bench.sh $(BENCH_ARGS)
+
+# fortio, built from the benchmark's own tools module (bench/tools/go.mod),
+# into the gitignored .cache/bench-bin.
+bench-tools:
+	cd bench/tools && $(GO) build $(GOFLAGS) -o $(CURDIR)/.cache/bench-bin/ fortio.org/fortio
 
 clean:
 	rm -rf $(BIN)

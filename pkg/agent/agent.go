@@ -45,12 +45,17 @@ type Rules interface {
 	Installed(ctx context.Context, h *netns.Handle) (bool, error)
 }
 
+// NetnsFinder locates a pod's network namespace (implemented by *Finder).
+type NetnsFinder interface {
+	Find(uid, hint string, ips []netip.Addr) (*netns.Handle, string, error)
+}
+
 // Config configures an Agent.
 type Config struct {
 	Node   string
 	Proxy  Proxy
 	Rules  Rules
-	Finder *Finder
+	Finder NetnsFinder
 	Logger *slog.Logger
 	// CNIWait is how long a CNI ADD waits for the pod to appear in the
 	// cluster view before failing.

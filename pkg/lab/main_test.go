@@ -262,21 +262,36 @@ func viewHost(t *testing.T) hostView {
 func checkNothingLeft(t *testing.T, name string, before hostView, stateDir string, pids []int) {
 	t.Helper()
 	after := viewHost(t)
-	// Labs of tests running concurrently (other packages) come and go.
-	mine := func(list []string) []string {
+	// Other tests (this package's and other packages', run concurrently)
+	// create and delete namespaces of their own while this one runs. What
+	// this lab must guarantee: none of its own is left (checked below), and
+	// nothing that existed before it and is not a test's was removed.
+	transient := func(n string) bool {
+		return isTestLab(n) || strings.HasPrefix(n, "palisade-test-") || strings.HasPrefix(n, "e2e") || strings.HasPrefix(n, "bench-")
+	}
+	missing := func(beforeList, afterList []string) []string {
+		have := map[string]bool{}
+		for _, n := range afterList {
+			have[n] = true
+		}
 		var out []string
-		for _, n := range list {
-			if !isTestLab(n) || strings.HasPrefix(n, name+"-") {
+		for _, n := range beforeList {
+			if !have[n] && !transient(n) && !strings.HasPrefix(n, name+"-") {
 				out = append(out, n)
 			}
 		}
 		return out
 	}
-	if fmt.Sprint(mine(after.netns)) != fmt.Sprint(mine(before.netns)) {
-		t.Errorf("netns before %v, after %v", mine(before.netns), mine(after.netns))
+	if m := missing(before.netns, after.netns); len(m) > 0 {
+		t.Errorf("netns that existed before the lab are gone: %v", m)
 	}
-	if fmt.Sprint(mine(after.etc)) != fmt.Sprint(mine(before.etc)) {
-		t.Errorf("/etc/netns before %v, after %v", mine(before.etc), mine(after.etc))
+	if m := missing(before.etc, after.etc); len(m) > 0 {
+		t.Errorf("/etc/netns entries that existed before the lab are gone: %v", m)
+	}
+	for _, n := range after.etc {
+		if strings.HasPrefix(n, name+"-") {
+			t.Errorf("/etc/netns/%s left", n)
+		}
 	}
 	if fmt.Sprint(after.links) != fmt.Sprint(before.links) {
 		t.Errorf("root links before %v, after %v", before.links, after.links)

@@ -125,8 +125,8 @@ func dumpLogs(t *testing.T, l *lab.Lab) {
 			}
 			data, _ := os.ReadFile(f)
 			lines := strings.Split(string(data), "\n")
-			if len(lines) > 80 {
-				lines = lines[len(lines)-80:]
+			if len(lines) > 400 {
+				lines = lines[len(lines)-400:]
 			}
 			t.Logf("==== %s (last lines)\n%s", f, strings.Join(lines, "\n"))
 		}

@@ -1,0 +1,274 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/handoff"
+	"github.com/palisade-net/palisade/pkg/netns"
+	"github.com/palisade-net/palisade/pkg/workload"
+)
+
+// journal records the order of calls across the fakes.
+type journal struct {
+	mu  sync.Mutex
+	ops []string
+}
+
+func (j *journal) add(format string, a ...any) {
+	j.mu.Lock()
+	j.ops = append(j.ops, fmt.Sprintf(format, a...))
+	j.mu.Unlock()
+}
+
+func (j *journal) take() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s := strings.Join(j.ops, " ")
+	j.ops = nil
+	return s
+}
+
+type fakeProxy struct {
+	j   *journal
+	err error
+}
+
+func (p *fakeProxy) AddWorkload(ctx context.Context, w workload.Workload, f *os.File) error {
+	p.j.add("proxy-add:%s:%s", w.Name, w.Mode)
+	return p.err
+}
+
+func (p *fakeProxy) DeleteWorkload(ctx context.Context, uid string) error {
+	p.j.add("proxy-del:%s", uid)
+	return nil
+}
+
+// fakeRules tracks installation per namespace handle.
+type fakeRules struct {
+	j         *journal
+	mu        sync.Mutex
+	installed map[*netns.Handle]bool
+	names     map[*netns.Handle]string
+}
+
+func (r *fakeRules) Install(ctx context.Context, h *netns.Handle) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.installed[h] = true
+	r.j.add("rules-install:%s", r.names[h])
+	return nil
+}
+
+func (r *fakeRules) Remove(ctx context.Context, h *netns.Handle) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.installed, h)
+	r.j.add("rules-remove:%s", r.names[h])
+	return nil
+}
+
+func (r *fakeRules) Installed(ctx context.Context, h *netns.Handle) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.installed[h], nil
+}
+
+// fakeFinder hands out a handle on this process's own namespace per pod
+// (the agent only passes handles along; the fakes never enter them).
+type fakeFinder struct {
+	t       *testing.T
+	rules   *fakeRules
+	missing map[string]bool
+}
+
+func (f *fakeFinder) Find(uid, hint string, ips []netip.Addr) (*netns.Handle, string, error) {
+	if f.missing[uid] {
+		return nil, "", ErrNotFound
+	}
+	h, err := netns.Open("/proc/self/ns/net")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.rules.mu.Lock()
+	f.rules.names[h] = uid
+	f.rules.mu.Unlock()
+	return h, "/proc/self/ns/net", nil
+}
+
+const podsYAML = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {palisade.dev/mtls: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, uid: a}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: shop, uid: b, labels: {palisade.dev/mtls: disabled}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: shop, uid: c}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: plain, uid: d}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.4}
+`
+
+func snapshot(t *testing.T, yaml string) *cluster.Snapshot {
+	t.Helper()
+	s := cluster.NewSnapshot()
+	if err := s.Decode("test", strings.NewReader(yaml)); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newTestAgent(t *testing.T, proxyErr error) (*Agent, *journal, *fakeRules) {
+	j := &journal{}
+	rules := &fakeRules{j: j, installed: map[*netns.Handle]bool{}, names: map[*netns.Handle]string{}}
+	a := New(Config{
+		Node:   "n1",
+		Proxy:  &fakeProxy{j: j, err: proxyErr},
+		Rules:  rules,
+		Finder: &fakeFinder{t: t, rules: rules, missing: map[string]bool{}},
+	})
+	return a, j, rules
+}
+
+func TestReconcile(t *testing.T) {
+	a, j, _ := newTestAgent(t, nil)
+	ctx := context.Background()
+	a.OnSnapshot(snapshot(t, podsYAML))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Only shop/a is enrolled: b opted out, c is on another node, d's
+	// namespace is plain. The proxy gets the pod before the rules go in.
+	if got, want := j.take(), "proxy-add:a:permissive rules-install:a"; got != want {
+		t.Fatalf("enrollment: %q, want %q", got, want)
+	}
+	if st := a.Status(); st["shop/a"] != "enrolled" || len(st) != 1 {
+		t.Fatalf("status: %v", st)
+	}
+	// Idempotent: nothing changes, nothing is done.
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.take(); got != "" {
+		t.Fatalf("second reconcile did %q", got)
+	}
+	// A mode change updates the proxy (and re-asserts the rules).
+	a.OnSnapshot(snapshot(t, strings.Replace(podsYAML, "palisade.dev/mtls: enabled}", "palisade.dev/mtls: enabled, palisade.dev/mtls-mode: strict}", 1)))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := j.take(), "proxy-add:a:strict rules-install:a"; got != want {
+		t.Fatalf("mode change: %q, want %q", got, want)
+	}
+	// Unlabelling removes: rules first, then the proxy.
+	a.OnSnapshot(snapshot(t, strings.Replace(podsYAML, "labels: {palisade.dev/mtls: enabled}", "labels: {}", 1)))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := j.take(), "rules-remove:a proxy-del:a"; got != want {
+		t.Fatalf("unenrollment: %q, want %q", got, want)
+	}
+	if st := a.Status(); len(st) != 0 {
+		t.Fatalf("status after unenrollment: %v", st)
+	}
+}
+
+func TestNoProxyStillInstallsRules(t *testing.T) {
+	a, j, _ := newTestAgent(t, fmt.Errorf("add: %w", handoff.ErrNoProxy))
+	a.OnSnapshot(snapshot(t, podsYAML))
+	if err := a.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Fail closed: the rules go in so the pod's traffic is refused, never
+	// sent in plaintext, until a proxy connects and gets the snapshot.
+	if got, want := j.take(), "proxy-add:a:permissive rules-install:a"; got != want {
+		t.Fatalf("%q, want %q", got, want)
+	}
+	if st := a.Status()["shop/a"]; !strings.HasPrefix(st, "pending") {
+		t.Fatalf("status %q, want pending", st)
+	}
+}
+
+func TestProxyErrorLeavesNoRules(t *testing.T) {
+	a, j, _ := newTestAgent(t, errors.New("listen: address in use"))
+	a.OnSnapshot(snapshot(t, podsYAML))
+	if err := a.Reconcile(context.Background()); err == nil || !strings.Contains(err.Error(), "address in use") {
+		t.Fatalf("want the proxy's error, got %v", err)
+	}
+	if got, want := j.take(), "proxy-add:a:permissive"; got != want {
+		t.Fatalf("%q, want %q (no rules without listeners)", got, want)
+	}
+	if st := a.Status()["shop/a"]; !strings.HasPrefix(st, "failed") {
+		t.Fatalf("status %q, want failed", st)
+	}
+}
+
+func TestCNIAddAndDel(t *testing.T) {
+	a, j, _ := newTestAgent(t, nil)
+	ctx := context.Background()
+	a.OnSnapshot(snapshot(t, podsYAML))
+	if err := a.PodAdded(ctx, PodEvent{Namespace: "shop", Name: "a", UID: "a", Netns: "/proc/self/ns/net"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := j.take(), "proxy-add:a:permissive rules-install:a"; got != want {
+		t.Fatalf("CNI ADD: %q, want %q", got, want)
+	}
+	// A pod not enrolled is accepted without action.
+	if err := a.PodAdded(ctx, PodEvent{Namespace: "plain", Name: "d", UID: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.take(); got != "" {
+		t.Fatalf("CNI ADD of a plain pod did %q", got)
+	}
+	if err := a.PodDeleted(ctx, PodEvent{Namespace: "shop", Name: "a", UID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := j.take(), "rules-remove:a proxy-del:a"; got != want {
+		t.Fatalf("CNI DEL: %q, want %q", got, want)
+	}
+	// The cluster view still lists the deleted pod: it must not come back.
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.take(); got != "" {
+		t.Fatalf("reconcile after CNI DEL re-enrolled: %q", got)
+	}
+}
+
+func TestCNIAddWaitsForClusterView(t *testing.T) {
+	a, _, _ := newTestAgent(t, nil)
+	a.cfg.CNIWait = 50_000_000 // 50ms
+	a.OnSnapshot(snapshot(t, podsYAML))
+	err := a.PodAdded(context.Background(), PodEvent{Namespace: "shop", Name: "zz", UID: "zz"})
+	if err == nil || !strings.Contains(err.Error(), "not in the agent's cluster view") {
+		t.Fatalf("want a clear error for an unknown pod, got %v", err)
+	}
+}
