@@ -33,9 +33,12 @@ test: deps build lint
 interop:
 	cd test/interop && $(GO) vet ./... && $(GO) test $(GOFLAGS) -count=1 -timeout 10m ./...
 
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 demo: deps build
 	scripts/demo.sh

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 DESIGN.md asks for golang.org/x/net/http2; its client types are deprecated in favour of net/http's (Go 1.26), the planned migration.
+
 package hbone
 
 import (

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -239,11 +238,3 @@ func removeEtcDir(name string) error {
 
 // nowUTC is the lab's clock, truncated to seconds like the API server's.
 func nowUTC() time.Time { return time.Now().UTC().Truncate(time.Second) }
-
-// addrString formats an address, empty for the zero Addr.
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
-}
