@@ -1,0 +1,119 @@
+package nodeproxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+func TestForwardedFor(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`for="10.0.0.1:5000"`, "10.0.0.1:5000"},
+		{`proto=https; for="[fd00::1]:80"`, "[fd00::1]:80"},
+		{`FOR=10.0.0.2:1`, "10.0.0.2:1"},
+		{``, ``},
+		{`by=x`, `by=x`},
+	}
+	for _, tt := range tests {
+		if got := forwardedFor(tt.in); got != tt.want {
+			t.Errorf("forwardedFor(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestFlowRing(t *testing.T) {
+	r := newFlowRing(3)
+	if got := r.list(); len(got) != 0 {
+		t.Fatalf("empty ring lists %d", len(got))
+	}
+	for i := range 5 {
+		r.add(Flow{Pod: string(rune('a' + i))})
+	}
+	var pods string
+	for _, f := range r.list() {
+		pods += f.Pod
+	}
+	if pods != "cde" {
+		t.Fatalf("ring keeps %q, want the newest three oldest first (cde)", pods)
+	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// TestPipeHalfClose: a client that half-closes after its request still gets
+// the whole response, byte counts are right, and both ends are closed.
+func TestPipeHalfClose(t *testing.T) {
+	for _, name := range []string{"tcp-tcp (splice)", "pooled-buffer"} {
+		t.Run(name, func(t *testing.T) {
+			app, proxyDown := tcpPair(t)   // app ⇄ proxy
+			proxyUp, backend := tcpPair(t) // proxy ⇄ backend
+			var down, up net.Conn = proxyDown, proxyUp
+			if name == "pooled-buffer" {
+				down, up = halfConn{proxyDown.(*net.TCPConn)}, halfConn{proxyUp.(*net.TCPConn)}
+			}
+			req := make([]byte, 300<<10)
+			rand.Read(req)
+			resp := bytes.Repeat([]byte("r"), 200<<10)
+			type result struct{ ab, ba int64 }
+			done := make(chan result, 1)
+			go func() {
+				ab, ba, _ := newBufPool().pipe(down, up)
+				done <- result{ab, ba}
+			}()
+			// Backend: read the request to EOF (the client's half-close must
+			// arrive), then answer and close.
+			bdone := make(chan []byte, 1)
+			go func() {
+				got, _ := io.ReadAll(backend)
+				backend.Write(resp)
+				backend.Close()
+				bdone <- got
+			}()
+			app.Write(req)
+			app.(*net.TCPConn).CloseWrite()
+			app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(app)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(<-bdone, req) {
+				t.Fatal("backend did not receive the request byte-exact")
+			}
+			if !bytes.Equal(got, resp) {
+				t.Fatalf("app got %d bytes, want %d", len(got), len(resp))
+			}
+			r := <-done
+			if r.ab != int64(len(req)) || r.ba != int64(len(resp)) {
+				t.Fatalf("counted %d/%d, want %d/%d", r.ab, r.ba, len(req), len(resp))
+			}
+		})
+	}
+}
+
+// halfConn hides *net.TCPConn so pipe takes its generic path.
+type halfConn struct{ *net.TCPConn }
+
+func (h halfConn) CloseWrite() error { return h.TCPConn.CloseWrite() }
