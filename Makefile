@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 
 BINARIES := palisade-agent palisade-nodeproxy lab
 
-.PHONY: all build deps test interop demo bench lint clean
+.PHONY: all build deps test interop demo bench bench-tools lint clean
 
 all: build
 

@@ -1,0 +1,633 @@
+// Command bench measures Palisade on a two-node lab against the same traffic
+// sent directly and through an HAProxy mutual-TLS pair: single-stream
+// iperf3 throughput, fortio latency percentiles at a fixed request rate, and
+// the proxies' CPU and memory. It prints a table and writes it into
+// docs/benchmarks.md. "make bench" runs it (through scripts/bench.sh) from
+// the repository root, as root.
+//
+// The paths compared (see lab.yaml):
+//
+//	direct    plain/client (node1) -> plain/server (node2)
+//	palisade  mesh/client (node1) -> node proxy node1 =HBONE mTLS=> node proxy node2 -> mesh/server (node2)
+//	haproxy   plain/client -> haproxy (client pod) =TLS 1.3, client cert=> haproxy (server pod) -> plain/server
+//
+// Every packet stays inside the lab's network namespaces; the lab is torn
+// down when the run ends, fails or is interrupted.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/palisade-net/palisade/pkg/lab"
+)
+
+//go:embed lab.yaml
+var labYAML string
+
+const (
+	iperfPort = 5201
+	httpPort  = 8080
+)
+
+type config struct {
+	binDir, toolsDir, stateDir, name string
+	doc, results, pprofDir           string
+	iperfTime, fortioTime, warmup    time.Duration
+	oneConnTime                      time.Duration
+	rounds                           int
+	settle                           time.Duration
+	load                             loadSpec
+	noDoc                            bool
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.binDir, "bin-dir", "bin", "directory of palisade-agent, palisade-nodeproxy and lab")
+	flag.StringVar(&c.toolsDir, "tools-dir", ".cache/bench-bin", "directory of fortio (make bench-tools)")
+	flag.StringVar(&c.stateDir, "state-dir", lab.DefaultStateDir, "lab state directory")
+	// Late in sort order on purpose: Palisade's agent, when it looks a
+	// pod's netns up by IP, takes the first match in /var/run/netns, and
+	// every lab numbers its pods alike (see checkEnrollment).
+	flag.StringVar(&c.name, "name", "zbench", "lab name")
+	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "markdown file whose results section is rewritten")
+	flag.BoolVar(&c.noDoc, "no-doc", false, "do not touch the markdown file")
+	flag.StringVar(&c.results, "results", ".cache/bench/results.json", "raw results (JSON)")
+	flag.StringVar(&c.pprofDir, "pprof", "", "if set, save node proxy CPU profiles of the Palisade runs and a heap profile here")
+	flag.DurationVar(&c.iperfTime, "iperf-time", 10*time.Second, "duration of each iperf3 run")
+	flag.DurationVar(&c.fortioTime, "fortio-time", 21*time.Second, "measured fortio time per path, split into rounds")
+	flag.IntVar(&c.rounds, "rounds", 3, "fortio rounds per path, taking turns across the paths")
+	flag.DurationVar(&c.warmup, "warmup", 3*time.Second, "fortio warm-up before each measured run")
+	flag.DurationVar(&c.oneConnTime, "one-conn-time", 8*time.Second, "duration of the extra fortio run over a single connection (0: skip)")
+	flag.DurationVar(&c.settle, "settle", 5*time.Second, "idle time over which idle CPU and RSS are measured")
+	flag.IntVar(&c.load.QPS, "qps", 1000, "fortio request rate")
+	flag.IntVar(&c.load.Conns, "conns", 8, "fortio connections")
+	flag.IntVar(&c.load.Payload, "payload", 1024, "request body bytes (echoed back)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: FAILED:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func run(ctx context.Context, c config) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces); run: sudo make bench")
+	}
+	if c.rounds < 1 || c.fortioTime/time.Duration(c.rounds) < time.Second {
+		return errors.New("--rounds must be at least 1 and each round at least 1s of --fortio-time")
+	}
+	for _, p := range []*string{&c.binDir, &c.toolsDir, &c.doc, &c.results, &c.pprofDir} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return err
+			}
+		}
+	}
+	// Pods find fortio on PATH (lab.yaml); the lab passes our PATH on.
+	os.Setenv("PATH", c.toolsDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	for _, t := range []string{"fortio", "iperf3", "haproxy", "openssl", "curl", "iptables-save"} {
+		if _, err := exec.LookPath(t); err != nil {
+			return fmt.Errorf("%s not found (make bench installs it: PALISADE_BENCH_DEPS=1 scripts/install-deps.sh, make bench-tools)", t)
+		}
+	}
+	machine := describeMachine(ctx)
+	logf("machine: %s", machine.summary())
+
+	tmp, err := os.MkdirTemp("", "palisade-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	objs, err := lab.Decode(labYAML)
+	if err != nil {
+		return fmt.Errorf("bench lab YAML: %w", err)
+	}
+	lcfg := lab.Config{
+		Name: c.name, StateDir: c.stateDir, BinDir: c.binDir, LabBin: filepath.Join(c.binDir, "lab"),
+		Objects: objs, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	l, err := upLab(ctx, lcfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if derr := l.Down(dctx); derr != nil {
+			err = errors.Join(err, fmt.Errorf("lab down: %w", derr))
+		} else {
+			logf("lab %q is down", c.name)
+		}
+	}()
+
+	res := &results{Date: time.Now().UTC(), Machine: machine, Load: c.load,
+		IperfSeconds: c.iperfTime.Seconds(), FortioSeconds: c.fortioTime.Seconds(), Rounds: c.rounds, OneConnSeconds: c.oneConnTime.Seconds()}
+	res.Versions = toolVersions(ctx)
+
+	st := l.Status()
+	nodeProxies := []procRef{}
+	for _, n := range st.Nodes {
+		if n.NodeProxyPID == 0 {
+			return fmt.Errorf("node %s has no running node proxy", n.Name)
+		}
+		nodeProxies = append(nodeProxies, procRef{"palisade node proxy " + n.Name, n.NodeProxyPID})
+	}
+	serverIP, err := l.PodIP("plain", "server")
+	if err != nil {
+		return err
+	}
+	meshServerIP, err := l.PodIP("mesh", "server")
+	if err != nil {
+		return err
+	}
+
+	logf("idle %s: node proxies' idle CPU and RSS", c.settle)
+	if res.PalisadeIdleCPU, err = idleCPU(ctx, nodeProxies, c.settle); err != nil {
+		return err
+	}
+	if res.PalisadeIdleRSS, err = rssMB(nodeProxies); err != nil {
+		return err
+	}
+
+	logf("generating certificates and starting the HAProxy pair")
+	certs, err := makeCerts(ctx, tmp)
+	if err != nil {
+		return err
+	}
+	hp, err := startHAProxyPair(ctx, l, tmp, certs, "plain/client", "plain/server", serverIP.String())
+	if err != nil {
+		return err
+	}
+	defer hp.stop()
+	res.HAProxyTLS = hp.tls
+	if res.HAProxyIdleCPU, err = idleCPU(ctx, hp.procs, c.settle); err != nil {
+		return err
+	}
+	if res.HAProxyIdleRSS, err = rssMB(hp.procs); err != nil {
+		return err
+	}
+
+	scenarios := []*scenario{
+		{Key: "direct", Title: "direct", Client: "plain/client",
+			IperfHost: serverIP.String(), IperfPort: iperfPort,
+			URL: fmt.Sprintf("http://%s:%d/", serverIP, httpPort)},
+		{Key: "palisade", Title: "Palisade (HBONE)", Client: "mesh/client",
+			IperfHost: meshServerIP.String(), IperfPort: iperfPort,
+			URL: fmt.Sprintf("http://%s:%d/", meshServerIP, httpPort), Procs: nodeProxies},
+		{Key: "haproxy", Title: "HAProxy mTLS pair", Client: "plain/client",
+			IperfHost: "127.0.0.1", IperfPort: hapIperfLocal,
+			URL: fmt.Sprintf("http://127.0.0.1:%d/", hapHTTPLocal), Procs: hp.procs},
+	}
+	// check runs one measurement and verifies from the node proxies'
+	// counters that it took the path it claims.
+	before, err := palisadeCounters(ctx, l)
+	if err != nil {
+		return err
+	}
+	check := func(s *scenario, what string, minConns int, fn func() error) error {
+		if err := fn(); err != nil {
+			return fmt.Errorf("%s, %s: %w", s.Title, what, err)
+		}
+		after, err := palisadeCounters(ctx, l)
+		if err != nil {
+			return err
+		}
+		if err := checkCounters(s.Key, before, after, minConns); err != nil {
+			return fmt.Errorf("%s, %s: %w", s.Title, what, err)
+		}
+		before = after
+		return nil
+	}
+	// Nothing else captured our pods meanwhile (see checkEnrollment).
+	recheck := func(phase string) error {
+		if err := checkEnrollment(ctx, l); err != nil {
+			return fmt.Errorf("after the %s: %w; results discarded: run the benchmark while no other lab is up", phase, err)
+		}
+		return nil
+	}
+
+	// Throughput, one path after the other.
+	for _, s := range scenarios {
+		var prof *profiler
+		if s.Key == "palisade" && c.pprofDir != "" {
+			prof = &profiler{l: l, dir: c.pprofDir}
+		}
+		logf("%s: iperf3, 1 stream, %s", s.Title, c.iperfTime)
+		err := check(s, "iperf3", 2, func() (err error) {
+			prof.start(ctx, "iperf", c.iperfTime)
+			s.Iperf, err = runIperf(ctx, l, s.Client, s.IperfHost, s.IperfPort, c.iperfTime, s.Procs)
+			prof.wait()
+			return errors.Join(err, prof.err())
+		})
+		if err != nil {
+			return err
+		}
+		logf("%s: %.2f Gbit/s", s.Title, s.Iperf.Gbps)
+	}
+	if err := recheck("iperf3 runs"); err != nil {
+		return err
+	}
+
+	// Latency: the measured time is split into rounds that take turns
+	// across the paths, so that a disturbance on this shared host (other
+	// processes, other labs) spreads over all of them; percentiles are the
+	// median over the rounds.
+	for _, s := range scenarios {
+		logf("%s: fortio warm-up %s", s.Title, c.warmup)
+		if err := check(s, "fortio warm-up", c.load.Conns, func() error {
+			_, err := runCmd(ctx, l, s.Client, c.load.args(c.warmup, s.URL, false)...)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	round := c.fortioTime / time.Duration(c.rounds)
+	for i := range c.rounds {
+		for _, s := range scenarios {
+			var prof *profiler
+			if s.Key == "palisade" && c.pprofDir != "" && i == 0 {
+				prof = &profiler{l: l, dir: c.pprofDir}
+			}
+			err := check(s, "fortio", c.load.Conns, func() error {
+				prof.start(ctx, "fortio", round)
+				r, err := runFortio(ctx, l, s.Client, s.URL, c.load, 0, round, s.Procs)
+				prof.wait()
+				s.FortioRounds = append(s.FortioRounds, r)
+				return errors.Join(err, prof.err())
+			})
+			if err != nil {
+				return err
+			}
+			r := s.FortioRounds[i]
+			logf("%s: round %d/%d: fortio %d qps, %d connections, %d B bodies, %s: %.0f qps, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
+				s.Title, i+1, c.rounds, c.load.QPS, c.load.Conns, c.load.Payload, round, r.QPS, r.P50, r.P99, r.P999)
+		}
+	}
+	for _, s := range scenarios {
+		s.Fortio = aggregate(s.FortioRounds)
+	}
+	if c.oneConnTime > 0 {
+		one := c.load
+		one.Conns = 1
+		for _, s := range scenarios {
+			logf("%s: fortio %d qps over 1 connection, %s", s.Title, one.QPS, c.oneConnTime)
+			if err := check(s, "fortio over 1 connection", 1, func() error {
+				r, err := runFortio(ctx, l, s.Client, s.URL, one, time.Second, c.oneConnTime, s.Procs)
+				s.FortioOneConn = &r
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	if err := recheck("fortio runs"); err != nil {
+		return err
+	}
+	logf("idle %s before reading RSS after load", c.settle)
+	sleep(ctx, c.settle)
+	if res.PalisadeAfterRSS, err = rssMB(nodeProxies); err != nil {
+		return err
+	}
+	if res.HAProxyAfterRSS, err = rssMB(hp.procs); err != nil {
+		return err
+	}
+	if c.pprofDir != "" {
+		p := &profiler{l: l, dir: c.pprofDir}
+		if err := p.heap(ctx); err != nil {
+			return err
+		}
+		logf("profiles in %s (go tool pprof -top bin/palisade-nodeproxy FILE)", c.pprofDir)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	res.Scenarios = scenarios
+	res.evaluate()
+
+	fmt.Println(res.text())
+	if err := os.MkdirAll(filepath.Dir(c.results), 0o755); err != nil {
+		return err
+	}
+	data, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.WriteFile(c.results, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	logf("raw results in %s", c.results)
+	if !c.noDoc {
+		if err := updateDoc(c.doc, res.markdown()); err != nil {
+			return err
+		}
+		logf("results written to %s", c.doc)
+	}
+	return nil
+}
+
+// upLab builds the lab and checks that its pods are enrolled as intended,
+// rebuilding it (up to three times) when Palisade's agent picked another
+// lab's namespace for one of them (see checkEnrollment).
+func upLab(ctx context.Context, cfg lab.Config) (*lab.Lab, error) {
+	for attempt := 1; ; attempt++ {
+		logf("building lab %q (2 nodes, 4 pods)", cfg.Name)
+		l, err := lab.Up(ctx, cfg)
+		if errors.Is(err, lab.ErrExists) {
+			logf("a lab %q is left from an earlier run; tearing it down", cfg.Name)
+			if derr := lab.Destroy(ctx, cfg.Name, cfg.StateDir, cfg.Logger); derr != nil {
+				return nil, fmt.Errorf("remove stale lab: %w", derr)
+			}
+			l, err = lab.Up(ctx, cfg)
+		}
+		if err != nil {
+			return nil, err
+		}
+		err = checkEnrollment(ctx, l)
+		if err == nil {
+			return l, nil
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		derr := l.Down(dctx)
+		cancel()
+		if derr != nil {
+			return nil, errors.Join(err, fmt.Errorf("lab down: %w", derr))
+		}
+		if !errors.Is(err, errInterference) || attempt == 3 || ctx.Err() != nil {
+			return nil, err
+		}
+		logf("attempt %d: %v; rebuilding the lab", attempt, err)
+	}
+}
+
+// idleCPU measures the processes' CPU while nothing is sent.
+func idleCPU(ctx context.Context, procs []procRef, d time.Duration) ([]float64, error) {
+	s, err := startSampler(procs)
+	if err != nil {
+		return nil, err
+	}
+	sleep(ctx, d)
+	u, err := s.finish()
+	return u.CPU, err
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// scenario is one of the three paths and what was measured on it.
+type scenario struct {
+	Key       string      `json:"key"`
+	Title     string      `json:"title"`
+	Client    string      `json:"client"`
+	IperfHost string      `json:"iperfHost"`
+	IperfPort int         `json:"iperfPort"`
+	URL       string      `json:"url"`
+	Procs     []procRef   `json:"proxies,omitempty"`
+	Iperf     iperfResult `json:"iperf3"`
+	// Fortio aggregates FortioRounds: median percentiles, summed counts.
+	Fortio       fortioResult   `json:"fortio"`
+	FortioRounds []fortioResult `json:"fortioRounds"`
+	// FortioOneConn is the same rate over a single connection.
+	FortioOneConn *fortioResult `json:"fortioOneConn,omitempty"`
+}
+
+// checkEnrollment makes sure the traffic paths are what they claim: the
+// mesh pods carry Palisade's redirect rules and are served by their node's
+// proxy in their own netns, and no other process listens on Palisade's
+// ports there; the plain pods carry no rules and no such listeners.
+//
+// This matters on a shared host: every lab numbers its pods alike
+// (10.244.i.N), and an agent that looks a pod's netns up by IP (as
+// Palisade's does when it has no CNI hint yet, or after a restart) may pick
+// another lab's namespace that holds the same address.
+func checkEnrollment(ctx context.Context, l *lab.Lab) error {
+	st := l.Status()
+	ours := map[int]bool{}
+	for _, n := range st.Nodes {
+		ours[n.NodeProxyPID] = true
+	}
+	pidRE := regexp.MustCompile(`pid=(\d+)`)
+	for _, p := range st.Pods {
+		target := p.Namespace + "/" + p.Name
+		mesh := p.Namespace == "mesh"
+		out, err := l.Exec(ctx, target, "iptables-save", "-t", "nat")
+		if err != nil {
+			return fmt.Errorf("read rules of %s: %w: %s", target, err, out)
+		}
+		hasRules := strings.Contains(string(out), "PALISADE_")
+		switch {
+		case mesh && !hasRules:
+			return fmt.Errorf("%w: pod %s is enrolled but has no Palisade redirect rules in its netns %s: its traffic would bypass Palisade (agent log: %s)",
+				errInterference, target, p.Netns, agentLog(l, p.Node))
+		case !mesh && hasRules:
+			return fmt.Errorf("%w: pod %s is not enrolled but its netns %s carries Palisade redirect rules", errInterference, target, p.Netns)
+		}
+		out, err = l.Exec(ctx, target, "ss", "-Hltnp")
+		if err != nil {
+			return fmt.Errorf("list listeners of %s: %w: %s", target, err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 4 {
+				continue
+			}
+			local := f[3]
+			if !strings.HasSuffix(local, ":15001") && !strings.HasSuffix(local, ":15006") && !strings.HasSuffix(local, ":15008") {
+				continue
+			}
+			for _, m := range pidRE.FindAllStringSubmatch(line, -1) {
+				var pid int
+				fmt.Sscan(m[1], &pid)
+				if !mesh || !ours[pid] {
+					return fmt.Errorf("%w: pid %d (not this lab's node proxy) listens on %s in pod %s", errInterference, pid, local, target)
+				}
+			}
+		}
+		if !mesh {
+			continue
+		}
+		ino, err := inodeOf("/var/run/netns/" + p.Netns)
+		if err != nil {
+			return err
+		}
+		out, err = l.NodeCommand(ctx, p.Node, "curl", "-sS", "-f", "--max-time", "5", "http://127.0.0.1:15000/config_dump").Output()
+		if err != nil {
+			return fmt.Errorf("node proxy %s config_dump: %w", p.Node, err)
+		}
+		var dump struct {
+			Workloads []struct {
+				Namespace  string `json:"namespace"`
+				Name       string `json:"name"`
+				NetnsInode uint64 `json:"netnsInode"`
+			} `json:"workloads"`
+		}
+		if err := json.Unmarshal(out, &dump); err != nil {
+			return fmt.Errorf("node proxy %s config_dump: %w", p.Node, err)
+		}
+		found := false
+		for _, w := range dump.Workloads {
+			if w.Namespace == p.Namespace && w.Name == p.Name {
+				found = true
+				if w.NetnsInode != ino {
+					return fmt.Errorf("%w: node proxy %s serves %s in netns inode %d, but the pod's netns %s is inode %d: the agent enrolled another namespace holding the pod's IP (agent log: %s)",
+						errInterference, p.Node, target, w.NetnsInode, p.Netns, ino, agentLog(l, p.Node))
+				}
+			}
+		}
+		if !found {
+			return fmt.Errorf("node proxy %s does not serve %s", p.Node, target)
+		}
+	}
+	return nil
+}
+
+// errInterference marks a lab whose pods another lab's Palisade (or ours,
+// in another lab's pods) got mixed up with.
+var errInterference = errors.New("lab interference")
+
+func agentLog(l *lab.Lab, node string) string {
+	n, err := l.Node(node)
+	if err != nil {
+		return "?"
+	}
+	return n.AgentLog
+}
+
+func inodeOf(path string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
+// counters are the node proxies' connection counters, by node and
+// direction.
+type counters map[string]float64
+
+func palisadeCounters(ctx context.Context, l *lab.Lab) (counters, error) {
+	out := counters{}
+	for _, n := range l.Status().Nodes {
+		data, err := l.NodeCommand(ctx, n.Name, "curl", "-sS", "-f", "--max-time", "5", "http://127.0.0.1:15020/metrics").Output()
+		if err != nil {
+			return nil, fmt.Errorf("node proxy %s metrics: %w", n.Name, err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			rest, ok := strings.CutPrefix(line, "palisade_tcp_connections_opened_total{direction=\"")
+			if !ok {
+				continue
+			}
+			dir, val, ok := strings.Cut(rest, "\"} ")
+			if !ok {
+				continue
+			}
+			var v float64
+			fmt.Sscan(val, &v)
+			out[n.Name+"/"+dir] = v
+		}
+	}
+	return out, nil
+}
+
+// checkCounters verifies that a Palisade run went through both node proxies
+// over HBONE and that the other runs did not touch them.
+func checkCounters(key string, before, after counters, minConns int) error {
+	delta := func(k string) float64 { return after[k] - before[k] }
+	if key == "palisade" {
+		if delta("node1/outbound") < float64(minConns) || delta("node2/inbound-hbone") < float64(minConns) {
+			return fmt.Errorf("traffic did not go through Palisade: node1 outbound +%.0f, node2 inbound-hbone +%.0f connections (want >= %d; counters before %v, after %v)",
+				delta("node1/outbound"), delta("node2/inbound-hbone"), minConns, before, after)
+		}
+		return nil
+	}
+	for k := range after {
+		if d := delta(k); d != 0 {
+			return fmt.Errorf("the %s run went through a Palisade node proxy (%s +%.0f)", key, k, d)
+		}
+	}
+	return nil
+}
+
+// profiler collects CPU profiles of both node proxies during a run; a nil
+// profiler does nothing.
+type profiler struct {
+	l    *lab.Lab
+	dir  string
+	cmds []*exec.Cmd
+	errs []error
+}
+
+func (p *profiler) start(ctx context.Context, tag string, d time.Duration) {
+	if p == nil {
+		return
+	}
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		p.errs = append(p.errs, err)
+		return
+	}
+	secs := max(int(d.Seconds())-1, 1)
+	for _, n := range p.l.Status().Nodes {
+		file := filepath.Join(p.dir, fmt.Sprintf("cpu-%s-%s.pprof", tag, n.Name))
+		cmd := p.l.NodeCommand(ctx, n.Name, "curl", "-sS", "-f", "-o", file,
+			fmt.Sprintf("http://127.0.0.1:15000/debug/pprof/profile?seconds=%d", secs))
+		if err := cmd.Start(); err != nil {
+			p.errs = append(p.errs, err)
+			continue
+		}
+		p.cmds = append(p.cmds, cmd)
+	}
+}
+
+func (p *profiler) wait() {
+	if p == nil {
+		return
+	}
+	for _, c := range p.cmds {
+		if err := c.Wait(); err != nil {
+			p.errs = append(p.errs, fmt.Errorf("pprof: %w", err))
+		}
+	}
+	p.cmds = nil
+}
+
+func (p *profiler) err() error {
+	if p == nil {
+		return nil
+	}
+	return errors.Join(p.errs...)
+}
+
+func (p *profiler) heap(ctx context.Context) error {
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return err
+	}
+	for _, n := range p.l.Status().Nodes {
+		file := filepath.Join(p.dir, fmt.Sprintf("heap-%s.pprof", n.Name))
+		if out, err := p.l.NodeCommand(ctx, n.Name, "curl", "-sS", "-f", "-o", file, "http://127.0.0.1:15000/debug/pprof/heap").CombinedOutput(); err != nil {
+			return fmt.Errorf("heap profile %s: %w: %s", n.Name, err, out)
+		}
+	}
+	return nil
+}
