@@ -28,6 +28,7 @@ import (
 	"github.com/palisade-net/palisade/pkg/netns"
 	"github.com/palisade-net/palisade/pkg/redirect"
 	"github.com/palisade-net/palisade/pkg/workload"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Proxy is the node proxy as the agent sees it (implemented by
@@ -185,6 +186,11 @@ func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
 		if len(w.IPs) == 0 || w.UID == "" || a.deleted[w.UID] {
 			continue // not running yet; CNI ADD or a later snapshot brings it
 		}
+		if p.Status.Phase == corev1.PodPending && a.known[w.UID] == "" {
+			// Its sandbox is being set up: the CNI ADD brings its
+			// namespace. Scanning now could race the runtime.
+			continue
+		}
 		out[w.UID] = w
 	}
 	return out
@@ -234,6 +240,17 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 	}
 	var h *netns.Handle
 	var path string
+	if cur != nil && a.known[w.UID] != "" && a.known[w.UID] != cur.path {
+		// CNI named the pod's namespace after a scan had found one: the
+		// runtime's word wins.
+		a.log.Warn("pod namespace differs from the one found by scanning; using the runtime's", "pod", w.Key(), "scanned", cur.path, "cni", a.known[w.UID])
+		if cur.status == "enrolled" {
+			a.cfg.Rules.Remove(ctx, cur.ns)
+		}
+		cur.ns.Close()
+		delete(a.enrolled, w.UID)
+		cur = nil
+	}
 	if cur != nil {
 		h, path = cur.ns, cur.path
 	} else {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/palisade-net/palisade/pkg/netns"
@@ -18,15 +19,25 @@ import (
 // Finder locates a pod's network namespace. The CNI plugin tells the agent
 // the path for new pods; pods that were already running when the agent
 // started are found by scanning named namespaces (/var/run/netns) and every
-// process's namespace (/proc/PID/ns/net), de-duplicated by inode, and
-// matching a pod IP configured inside. This is how the agent recovers after
-// a crash without any state of its own.
+// process's namespace (/proc/PID/ns/net), de-duplicated by inode. This is how
+// the agent recovers after a crash without any state of its own.
+//
+// A pod IP alone does not identify a namespace: other namespaces on the host
+// (another node of a lab, a nested runtime, a test) may hold the same
+// address. A scanned namespace is therefore accepted only when it holds one
+// of the pod's IPs and is attached to this node: one of the links in the
+// agent's own namespace (the pod's veth peer) points into it, compared by the
+// kernel's namespace id (IFLA_LINK_NETNSID against RTM_GETNSID).
 type Finder struct {
 	// NetnsDir holds named namespaces; default /var/run/netns.
 	NetnsDir string
 	// ProcDir is the proc filesystem; default /proc.
 	ProcDir string
-	Logger  *slog.Logger
+	// AnyAttachment skips the check that a scanned namespace is linked to
+	// the agent's namespace, for CNIs whose pod interfaces are not veth
+	// pairs into the node (the IP match alone then decides).
+	AnyAttachment bool
+	Logger        *slog.Logger
 }
 
 // ErrNotFound says no namespace holds any of the pod's IPs.
@@ -56,7 +67,7 @@ func (f *Finder) Find(uid, hint string, ips []netip.Addr) (*netns.Handle, string
 		if err != nil {
 			continue
 		}
-		if ok, _ := hasAnyIP(h, ips); ok {
+		if ok, _ := hasAnyIP(h, ips); ok && (f.AnyAttachment || attachedHere(h)) {
 			return h, path, nil
 		}
 		h.Close()
@@ -121,4 +132,23 @@ func hasAnyIP(h *netns.Handle, ips []netip.Addr) (bool, error) {
 		return nil
 	})
 	return found, err
+}
+
+// attachedHere reports whether a link in the caller's network namespace has
+// its peer inside h (a veth pair between this node and the pod).
+func attachedHere(h *netns.Handle) bool {
+	id, err := netlink.GetNetNsIdByFd(h.Fd())
+	if err != nil || id < 0 {
+		return false // no id assigned: nothing here refers to that namespace
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return false
+	}
+	for _, l := range links {
+		if l.Attrs().NetNsID == id {
+			return true
+		}
+	}
+	return false
 }

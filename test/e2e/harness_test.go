@@ -82,13 +82,18 @@ func binaries(t testing.TB) string {
 // printing the Palisade logs of a failed test.
 func upLab(t *testing.T, yaml string) *lab.Lab {
 	t.Helper()
+	return upLabNamed(t, "e2e"+randHex(3), yaml)
+}
+
+// upLabNamed is upLab with a chosen lab name (netns names start with it).
+func upLabNamed(t *testing.T, name, yaml string) *lab.Lab {
+	t.Helper()
 	requireRoot(t)
 	bin := binaries(t)
 	objs, err := lab.Decode(yaml)
 	if err != nil {
 		t.Fatalf("decode lab YAML: %v", err)
 	}
-	name := "e2e" + randHex(3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{

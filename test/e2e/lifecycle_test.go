@@ -346,3 +346,43 @@ func TestNodeProxyRestart(t *testing.T) {
 		return err
 	})
 }
+
+// TestAgentScanIgnoresOtherNamespacesWithSameIP: two labs on one host use
+// the same pod addresses. A restarted agent, which has to find its pods'
+// namespaces by scanning, must pick its own node's pods, never the other
+// lab's namespaces that hold the same IP (and sort first).
+func TestAgentScanIgnoresOtherNamespacesWithSameIP(t *testing.T) {
+	other := upLabNamed(t, "e2e0"+randHex(2), strings.Replace(meshYAML, "labels: {palisade.dev/mtls: enabled}", "labels: {}", 1))
+	l := upLabNamed(t, "e2ef"+randHex(2), meshYAML)
+	mine := podNetns(t, l, "shop", "client")
+	theirs := podNetns(t, other, "shop", "client")
+	if a, b := podAddr(t, l, "shop", "client", 0), podAddr(t, other, "shop", "client", 0); a != b {
+		t.Fatalf("the labs do not share the client's address (%s, %s); the test needs them to", a, b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := l.StopAgent(ctx, "node1", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Remove our client's rules while the agent is down, so the restarted
+	// agent must find the namespace (by scanning) to put them back.
+	if err := redirect.Remove(ctx, mine, redirect.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(ctx, "node1"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the restarted agent re-installs our client's rules", func() error {
+		if !rulesInstalled(t, mine) {
+			return errors.New("not installed")
+		}
+		return nil
+	})
+	if rulesInstalled(t, theirs) {
+		t.Fatal("the agent installed rules in the other lab's namespace that holds the same IP")
+	}
+	mustEcho(t, mine, podAddr(t, l, "shop", "echo2", 9000), "after-scan", 4096)
+	if f, _ := lastFlowTo(t, nodeNetns(t, l, "node1"), podAddr(t, l, "shop", "echo2", 9000)); f.Transport != "hbone" {
+		t.Fatalf("flow %+v, want hbone", f)
+	}
+}
