@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -133,7 +134,17 @@ func TestEnrolledTrafficIsEncrypted(t *testing.T) {
 		}
 	}
 
-	// Both proxies saw the peers' SPIFFE identities.
+	// Both proxies saw the peers' SPIFFE identities. Flow records are
+	// written when a relay ends, just after the client saw the echo end.
+	waitFlowTo(t, nodeNetns(t, l, "node1"), podAddr(t, l, "shop", "echo1", 9000), "hbone")
+	eventually(t, 5*time.Second, "node2's inbound flows recorded", func() error {
+		for _, f := range flows(t, nodeNetns(t, l, "node2")) {
+			if f.Direction == "inbound-hbone" && f.BytesSent == 1<<20 {
+				return nil
+			}
+		}
+		return errors.New("no 1 MiB inbound flow yet")
+	})
 	var sawInbound bool
 	for _, f := range flows(t, nodeNetns(t, l, "node2")) {
 		// The lab's readiness checks also reach echo2 (from echo2 itself);
@@ -178,15 +189,14 @@ func TestPermissiveAndStrict(t *testing.T) {
 	mustEcho(t, client, podAddr(t, l, "plain", "web", 9000), "to-plain", 64<<10)
 	mustEcho(t, visitor, echo2, "from-plain", 64<<10)
 
-	var found bool
-	for _, f := range flows(t, nodeNetns(t, l, "node2")) {
-		if f.Direction == "inbound-plaintext" && f.Verdict == "allowed" && f.Destination == echo2 {
-			found = true
+	eventually(t, 5*time.Second, "node2 records the allowed plaintext flow into echo2", func() error {
+		for _, f := range flows(t, nodeNetns(t, l, "node2")) {
+			if f.Direction == "inbound-plaintext" && f.Verdict == "allowed" && f.Destination == echo2 {
+				return nil
+			}
 		}
-	}
-	if !found {
-		t.Error("node2 recorded no allowed plaintext flow into echo2")
-	}
+		return errors.New("not recorded")
+	})
 
 	objs, err := lab.Decode(strings.Replace(meshYAML,
 		"metadata: {name: shop, labels: {palisade.dev/mtls: enabled}}",
@@ -266,13 +276,16 @@ func TestServiceReachesEndpointsOnBothNodes(t *testing.T) {
 	if seen["echo1"] == 0 || seen["echo2"] == 0 {
 		t.Fatalf("Service did not reach both nodes' endpoints: %v", seen)
 	}
-	var tunneled int
-	for _, f := range flows(t, nodeNetns(t, l, "node1")) {
-		if f.Direction == "outbound" && f.Service == "shop/echo" && f.Transport == "hbone" && f.Verdict == "allowed" {
-			tunneled++
+	eventually(t, 5*time.Second, "node1 records 12 tunneled Service flows", func() error {
+		var tunneled int
+		for _, f := range flows(t, nodeNetns(t, l, "node1")) {
+			if f.Direction == "outbound" && f.Service == "shop/echo" && f.Transport == "hbone" && f.Verdict == "allowed" {
+				tunneled++
+			}
 		}
-	}
-	if tunneled < 12 {
-		t.Errorf("node1 recorded %d tunneled Service flows, want 12", tunneled)
-	}
+		if tunneled < 12 {
+			return fmt.Errorf("%d tunneled Service flows", tunneled)
+		}
+		return nil
+	})
 }
