@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -61,32 +60,17 @@ func run(args []string) error {
 		fs.PrintDefaults()
 	}
 	var (
-		logging      cli.Logging
-		clusterPaths cli.StringList
-		node         = fs.String("node", os.Getenv("NODE_NAME"), "this node's name")
-		proxySocket  = fs.String("proxy-socket", "/var/run/palisade/proxy.sock", "socket the node proxy connects to")
-		cniSocket    = fs.String("cni-socket", "/var/run/palisade/cni.sock", "socket the CNI plugin talks to")
-		netnsDir     = fs.String("netns-dir", "/var/run/netns", "directory of named network namespaces to scan")
-		cniWait      = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
+		common      cli.Common
+		proxySocket = fs.String("proxy-socket", "/var/run/palisade/proxy.sock", "socket the node proxy connects to")
+		cniSocket   = fs.String("cni-socket", "/var/run/palisade/cni.sock", "socket the CNI plugin talks to")
+		netnsDir    = fs.String("netns-dir", "/var/run/netns", "directory of named network namespaces to scan")
+		cniWait     = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
 	)
-	fs.Var(&clusterPaths, "cluster", "YAML file or directory of cluster objects (standalone mode; repeatable)")
-	logging.Register(fs, "PALISADE_")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
 		return err
 	}
-	if err := cli.EnvDefaults(fs, "PALISADE_"); err != nil {
-		return err
-	}
-	log := logging.Logger(os.Stderr, "agent")
-	if *node == "" {
-		return errors.New("--node is required")
-	}
-	if len(clusterPaths) == 0 {
-		return errors.New("--cluster is required (Kubernetes mode comes later)")
-	}
+	log := common.Logging.Logger(os.Stderr, "agent")
+	node, clusterPaths := &common.Node, common.ClusterPaths
 	ctx, stop := cli.SignalContext()
 	defer stop()
 

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -56,9 +55,7 @@ func run(args []string) error {
 		fs.PrintDefaults()
 	}
 	var (
-		logging      cli.Logging
-		clusterPaths cli.StringList
-		node         = fs.String("node", os.Getenv("NODE_NAME"), "this node's name")
+		common       cli.Common
 		agentSocket  = fs.String("agent-socket", "/var/run/palisade/proxy.sock", "the agent's handoff socket")
 		devCADir     = fs.String("dev-ca-dir", "/var/lib/palisade/dev-ca", "directory of the development CA (created if missing)")
 		trustDomain  = fs.String("trust-domain", "cluster.local", "SPIFFE trust domain")
@@ -68,24 +65,11 @@ func run(args []string) error {
 		readyAddr    = fs.String("ready-addr", ":15021", "readiness address")
 		drainTimeout = fs.Duration("drain-timeout", 25*time.Second, "how long connections may finish after SIGTERM")
 	)
-	fs.Var(&clusterPaths, "cluster", "YAML file or directory of cluster objects (standalone mode; repeatable)")
-	logging.Register(fs, "PALISADE_")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
 		return err
 	}
-	if err := cli.EnvDefaults(fs, "PALISADE_"); err != nil {
-		return err
-	}
-	log := logging.Logger(os.Stderr, "nodeproxy")
-	if *node == "" {
-		return errors.New("--node is required")
-	}
-	if len(clusterPaths) == 0 {
-		return errors.New("--cluster is required (Kubernetes mode comes later)")
-	}
+	log := common.Logging.Logger(os.Stderr, "nodeproxy")
+	node, clusterPaths := &common.Node, common.ClusterPaths
 	td, err := spiffeid.TrustDomainFromString(*trustDomain)
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
@@ -115,7 +99,7 @@ func run(args []string) error {
 		addr string
 		h    http.Handler
 	}{
-		{*adminAddr, proxy.AdminHandler(&logging.Level)},
+		{*adminAddr, proxy.AdminHandler(&common.Logging.Level)},
 		{*metricsAddr, proxy.MetricsHandler()},
 		{*readyAddr, proxy.ReadyHandler()},
 	} {

@@ -4,6 +4,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -78,4 +79,38 @@ func (s *StringList) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// Common holds what the agent and the node proxy both need: the node name,
+// the standalone cluster source and logging.
+type Common struct {
+	Node         string
+	ClusterPaths StringList
+	Logging      Logging
+}
+
+// Parse registers the common flags (--node, --cluster, --log-level,
+// --log-format) on fs, parses args, then fills unset flags from PREFIX_*
+// environment variables and checks the common ones. It returns ok=false
+// with a nil error when --help was asked for.
+func (c *Common) Parse(fs *flag.FlagSet, args []string, prefix string) (ok bool, err error) {
+	fs.StringVar(&c.Node, "node", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
+	fs.Var(&c.ClusterPaths, "cluster", "YAML file or directory of cluster objects (standalone mode; repeatable)")
+	c.Logging.Register(fs, prefix)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return false, nil
+		}
+		return false, err
+	}
+	if err := EnvDefaults(fs, prefix); err != nil {
+		return false, err
+	}
+	if c.Node == "" {
+		return false, errors.New("--node is required")
+	}
+	if len(c.ClusterPaths) == 0 {
+		return false, errors.New("--cluster is required (Kubernetes mode comes later)")
+	}
+	return true, nil
 }
