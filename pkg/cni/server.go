@@ -5,12 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/palisade-net/palisade/internal/unixsock"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -258,61 +257,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// ListenUnix creates the agent's CNI socket at path: bound under a temporary
-// name, set to mode 0600 and renamed over path, so it is never reachable
-// with looser permissions and a stale socket from a previous agent is
-// replaced atomically. Any other kind of file at path is an error. The
-// parent directory is created (0750) if missing. Closing the listener
-// removes path only while it still names this socket.
+// ListenUnix creates the agent's CNI socket at path (see unixsock.Listen:
+// mode 0600, atomic replacement of a stale socket, removal on Close only
+// while the file is still this socket).
 func ListenUnix(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
-		return nil, fmt.Errorf("cni: listen %s: exists and is not a socket (%v)", path, fi.Mode().Type())
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("cni: listen %s: %w", path, err)
-	}
-	tmp := filepath.Join(dir, fmt.Sprintf(".%s.%d.tmp", filepath.Base(path), os.Getpid()))
-	_ = os.Remove(tmp) // left over by a crashed process that had our pid
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	ln, err := unixsock.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("cni: listen %s: %w", path, err)
+		return nil, fmt.Errorf("cni: %w", err)
 	}
-	ln.SetUnlinkOnClose(false)
-	fail := func(err error) (net.Listener, error) {
-		ln.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("cni: listen %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return fail(err)
-	}
-	fi, err := os.Lstat(tmp)
-	if err != nil {
-		return fail(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fail(err)
-	}
-	return &ownedListener{UnixListener: ln, path: path, fi: fi}, nil
-}
-
-// ownedListener removes its socket file on Close if the file is still its
-// own (a newer agent may have replaced it).
-type ownedListener struct {
-	*net.UnixListener
-	path string
-	fi   os.FileInfo
-}
-
-func (l *ownedListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
-
-func (l *ownedListener) Close() error {
-	err := l.UnixListener.Close()
-	if fi, serr := os.Lstat(l.path); serr == nil && os.SameFile(fi, l.fi) {
-		if rerr := os.Remove(l.path); rerr != nil && err == nil {
-			err = fmt.Errorf("remove %s: %w", l.path, rerr)
-		}
-	}
-	return err
+	return ln, nil
 }

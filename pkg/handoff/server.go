@@ -199,19 +199,19 @@ func (s *Server) ListenAndServe(ctx context.Context, path string) error {
 // serve accepts connections on l until ctx is done.
 func (s *Server) serve(ctx context.Context, l *sockListener) error {
 	defer l.Close()
-	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
+	stop := context.AfterFunc(ctx, func() { l.UnixListener.Close() })
 	defer stop()
-	s.log.Info("serving node proxies", "path", l.path)
+	s.log.Info("serving node proxies", "path", l.Path())
 
 	var err error
 	for {
-		c, aerr := l.ln.AcceptUnix()
+		c, aerr := l.AcceptUnix()
 		if aerr != nil {
 			if ctx.Err() != nil {
 				break
 			}
 			if errors.Is(aerr, net.ErrClosed) {
-				err = fmt.Errorf("handoff: accept on %s: %w", l.path, aerr)
+				err = fmt.Errorf("handoff: accept on %s: %w", l.Path(), aerr)
 				break
 			}
 			// Transient (for example EMFILE): keep serving.
@@ -235,7 +235,7 @@ func (s *Server) serve(ctx context.Context, l *sockListener) error {
 		sc.close(errors.New("server stopping"), false)
 	}
 	s.wg.Wait()
-	s.log.Info("stopped serving node proxies", "path", l.path)
+	s.log.Info("stopped serving node proxies", "path", l.Path())
 	return err
 }
 
