@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -54,11 +53,7 @@ func main() {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("palisade-agent", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
+	fs := cli.NewFlagSet("palisade-agent", usage)
 	var (
 		common      cli.Common
 		proxySocket = fs.String("proxy-socket", "/var/run/palisade/proxy.sock", "socket the node proxy connects to")

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -49,11 +48,7 @@ func main() {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("palisade-nodeproxy", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
+	fs := cli.NewFlagSet("palisade-nodeproxy", usage)
 	var (
 		common       cli.Common
 		agentSocket  = fs.String("agent-socket", "/var/run/palisade/proxy.sock", "the agent's handoff socket")

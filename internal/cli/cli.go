@@ -114,3 +114,13 @@ func (c *Common) Parse(fs *flag.FlagSet, args []string, prefix string) (ok bool,
 	}
 	return true, nil
 }
+
+// NewFlagSet returns a flag set whose --help prints usage, then the flags.
+func NewFlagSet(name, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}

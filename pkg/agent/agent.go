@@ -75,7 +75,10 @@ type Agent struct {
 	// deleted holds UIDs removed by CNI DEL, so that a cluster view that
 	// still lists the pod does not enroll it again.
 	deleted map[string]bool
-	changed chan struct{}
+	// straysCleaned is set once the start-up sweep for rules left by a
+	// previous run has succeeded; while running, unenroll removes rules.
+	straysCleaned bool
+	changed       chan struct{}
 	// snapSeen is closed/replaced whenever a new snapshot arrives, so that
 	// a CNI ADD can wait for its pod.
 	snapSeen chan struct{}
@@ -227,8 +230,13 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 			errs = append(errs, err)
 		}
 	}
-	if only == nil {
-		errs = append(errs, a.cleanStrays(ctx, want)...)
+	if only == nil && !a.straysCleaned && a.snap != nil {
+		// Stray rules can only come from a time the agent was not running,
+		// so the host-wide namespace scan runs once (until it succeeds),
+		// not on every reconcile.
+		strayErrs := a.cleanStrays(ctx, want)
+		a.straysCleaned = len(strayErrs) == 0
+		errs = append(errs, strayErrs...)
 	}
 	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/cluster"
@@ -138,51 +139,26 @@ func (s *state) service(ns, name string) *serviceState {
 }
 
 func (s *state) removePod(p *podState) {
-	out := s.Pods[:0]
-	for _, q := range s.Pods {
-		if q != p {
-			out = append(out, q)
-		}
-	}
-	s.Pods = out
+	s.Pods = slices.DeleteFunc(s.Pods, func(q *podState) bool { return q == p })
 }
 
-func (s *state) addNetns(name string) {
-	for _, n := range s.Netns {
-		if n == name {
-			return
-		}
+func (s *state) addNetns(name string) { s.Netns = appendUnique(s.Netns, name) }
+
+func (s *state) removeNetns(name string) { s.Netns = deleteValue(s.Netns, name) }
+
+func (s *state) addEtcDir(dir string) { s.EtcDirs = appendUnique(s.EtcDirs, dir) }
+
+func (s *state) removeEtcDir(dir string) { s.EtcDirs = deleteValue(s.EtcDirs, dir) }
+
+func appendUnique(list []string, v string) []string {
+	if slices.Contains(list, v) {
+		return list
 	}
-	s.Netns = append(s.Netns, name)
+	return append(list, v)
 }
 
-func (s *state) removeNetns(name string) {
-	out := s.Netns[:0]
-	for _, n := range s.Netns {
-		if n != name {
-			out = append(out, n)
-		}
-	}
-	s.Netns = out
-}
-
-func (s *state) addEtcDir(dir string) {
-	for _, d := range s.EtcDirs {
-		if d == dir {
-			return
-		}
-	}
-	s.EtcDirs = append(s.EtcDirs, dir)
-}
-
-func (s *state) removeEtcDir(dir string) {
-	out := s.EtcDirs[:0]
-	for _, d := range s.EtcDirs {
-		if d != dir {
-			out = append(out, d)
-		}
-	}
-	s.EtcDirs = out
+func deleteValue(list []string, v string) []string {
+	return slices.DeleteFunc(list, func(x string) bool { return x == v })
 }
 
 // save writes lab.json atomically.

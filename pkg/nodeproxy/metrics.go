@@ -11,7 +11,25 @@ type metrics struct {
 	sent   *prometheus.CounterVec
 	recv   *prometheus.CounterVec
 	pods   prometheus.Gauge
+
+	// byDir holds the per-direction counters resolved once, so the
+	// per-connection path does no label hashing.
+	byDir map[string]*dirMetrics
 }
+
+// Connection directions, the only values of the direction label.
+const (
+	dirOutbound     = "outbound"
+	dirInboundHBONE = "inbound-hbone"
+	dirInboundPlain = "inbound-plaintext"
+)
+
+type dirMetrics struct {
+	opened, closed, sent, recv prometheus.Counter
+}
+
+// dir returns the counters of a direction.
+func (m *metrics) dir(direction string) *dirMetrics { return m.byDir[direction] }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
@@ -41,5 +59,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.recv, m.pods)
+	m.byDir = map[string]*dirMetrics{}
+	for _, d := range []string{dirOutbound, dirInboundHBONE, dirInboundPlain} {
+		m.byDir[d] = &dirMetrics{
+			opened: m.opened.WithLabelValues(d),
+			closed: m.closed.WithLabelValues(d),
+			sent:   m.sent.WithLabelValues(d),
+			recv:   m.recv.WithLabelValues(d),
+		}
+	}
 	return m
 }

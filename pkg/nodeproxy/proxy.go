@@ -434,8 +434,8 @@ func (pp *podProxy) dialer() *netns.Dialer {
 func (pp *podProxy) handleOutbound(c net.Conn) {
 	p := pp.p
 	src := pp.workload()
-	f := Flow{Start: time.Now(), Direction: "outbound", Pod: src.Key(), Source: c.RemoteAddr().String(), SrcIdentity: pp.id.String()}
-	p.metrics.opened.WithLabelValues(f.Direction).Inc()
+	f := Flow{Start: time.Now(), Direction: dirOutbound, Pod: src.Key(), Source: c.RemoteAddr().String(), SrcIdentity: pp.id.String()}
+	p.metrics.dir(f.Direction).opened.Inc()
 	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
@@ -504,9 +504,9 @@ func isOwnPort(port uint16) bool {
 func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net.Conn, int, error) {
 	p := pp.p
 	w := pp.workload()
-	f := Flow{Start: time.Now(), Direction: "inbound-hbone", Pod: w.Key(), Source: forwardedFor(req.Forwarded), Destination: req.Authority.String(),
+	f := Flow{Start: time.Now(), Direction: dirInboundHBONE, Pod: w.Key(), Source: forwardedFor(req.Forwarded), Destination: req.Authority.String(),
 		SrcIdentity: req.Peer.String(), PeerIdentity: req.Peer.String(), DstIdentity: pp.id.String(), Transport: "hbone"}
-	p.metrics.opened.WithLabelValues(f.Direction).Inc()
+	p.metrics.dir(f.Direction).opened.Inc()
 	if !slices.Contains(w.IPs, req.Authority.Addr().Unmap()) {
 		f.Verdict, f.Reason = "denied", fmt.Sprintf("authority %s is not this workload", req.Authority)
 		pp.record(&f, "bad-authority")
@@ -527,14 +527,9 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		pp.record(&f, "backend-unreachable")
 		return nil, http.StatusServiceUnavailable, errors.New(f.Reason)
 	}
-	return &countedConn{Conn: up, done: func(sent, recv int64) {
-		f.BytesSent, f.BytesRecv = recv, sent
-		f.Verdict = "allowed"
-		f.Duration = time.Since(f.Start).String()
-		p.flows.add(f)
-		p.metrics.closed.WithLabelValues(f.Direction).Inc()
-		p.metrics.sent.WithLabelValues(f.Direction).Add(float64(recv))
-		p.metrics.recv.WithLabelValues(f.Direction).Add(float64(sent))
+	// Writes to the backend carry what the peer sent towards it.
+	return &countedConn{Conn: up, done: func(toBackend, fromBackend int64) {
+		p.finish(&f, toBackend, fromBackend)
 	}}, http.StatusOK, nil
 }
 
@@ -543,8 +538,8 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 func (pp *podProxy) handleInboundPlain(c net.Conn) {
 	p := pp.p
 	w := pp.workload()
-	f := Flow{Start: time.Now(), Direction: "inbound-plaintext", Pod: w.Key(), Source: c.RemoteAddr().String(), Transport: "plaintext"}
-	p.metrics.opened.WithLabelValues(f.Direction).Inc()
+	f := Flow{Start: time.Now(), Direction: dirInboundPlain, Pod: w.Key(), Source: c.RemoteAddr().String(), Transport: "plaintext"}
+	p.metrics.dir(f.Direction).opened.Inc()
 	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
@@ -581,12 +576,19 @@ func (pp *podProxy) relay(c, up net.Conn, f *Flow) {
 	p.log.Debug("connection", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
 		"transport", f.Transport, "peer_identity", f.PeerIdentity)
 	sent, recv, _ := p.bufs.pipe(c, up)
+	p.finish(f, sent, recv)
+}
+
+// finish records an allowed connection that has ended: sent bytes went
+// towards the destination, recv came back from it.
+func (p *Proxy) finish(f *Flow, sent, recv int64) {
 	f.Verdict, f.BytesSent, f.BytesRecv = "allowed", sent, recv
 	f.Duration = time.Since(f.Start).String()
 	p.flows.add(*f)
-	p.metrics.closed.WithLabelValues(f.Direction).Inc()
-	p.metrics.sent.WithLabelValues(f.Direction).Add(float64(sent))
-	p.metrics.recv.WithLabelValues(f.Direction).Add(float64(recv))
+	m := p.metrics.dir(f.Direction)
+	m.closed.Inc()
+	m.sent.Add(float64(sent))
+	m.recv.Add(float64(recv))
 }
 
 // refuse resets c and records why.

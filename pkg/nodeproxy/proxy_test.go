@@ -3,6 +3,8 @@ package nodeproxy
 import (
 	"bytes"
 	"crypto/rand"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"net"
 	"testing"
@@ -117,3 +119,24 @@ func TestPipeHalfClose(t *testing.T) {
 type halfConn struct{ *net.TCPConn }
 
 func (h halfConn) CloseWrite() error { return h.TCPConn.CloseWrite() }
+
+func TestFinishRecordsFlowAndMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := &Proxy{flows: newFlowRing(4), metrics: newMetrics(reg)}
+	p.finish(&Flow{Direction: dirInboundHBONE, Start: time.Now()}, 100, 7)
+	p.finish(&Flow{Direction: dirInboundHBONE, Start: time.Now()}, 1, 1)
+	p.finish(&Flow{Direction: dirOutbound, Start: time.Now()}, 5, 5)
+	if got := testutil.ToFloat64(p.metrics.closed.WithLabelValues(dirInboundHBONE)); got != 2 {
+		t.Errorf("closed inbound-hbone = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(p.metrics.sent.WithLabelValues(dirInboundHBONE)); got != 101 {
+		t.Errorf("sent inbound-hbone = %v, want 101", got)
+	}
+	if got := testutil.ToFloat64(p.metrics.recv.WithLabelValues(dirOutbound)); got != 5 {
+		t.Errorf("received outbound = %v, want 5", got)
+	}
+	fl := p.Flows()
+	if len(fl) != 3 || fl[0].Verdict != "allowed" || fl[0].BytesSent != 100 || fl[0].BytesRecv != 7 {
+		t.Errorf("flows = %+v", fl)
+	}
+}

@@ -193,21 +193,39 @@ func TestHBONEBadInput(t *testing.T) {
 	mustEcho(t, client, echo2.String(), "after-bad-input", 64<<10)
 }
 
-// tlsRefused completes (or fails) a TLS handshake and expects the server to
-// reject it: either the handshake fails or the first read does.
-func tlsRefused(h *netns.Handle, addr string, cfg *tls.Config) error {
+// dialTLS connects from the namespace and completes a TLS handshake, with a
+// deadline on the whole exchange.
+func dialTLS(h *netns.Handle, addr string, cfg *tls.Config) (*tls.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := dialFrom(ctx, h, addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
 	tc := tls.Client(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil
+		c.Close()
+		return nil, fmt.Errorf("%w: %w", errHandshake, err)
 	}
+	return tc, nil
+}
+
+// errHandshake marks a connection that was made but whose TLS handshake
+// failed, as opposed to one that could not be made at all.
+var errHandshake = errors.New("TLS handshake failed")
+
+// tlsRefused completes (or fails) a TLS handshake and expects the server to
+// reject it: either the handshake fails or the first read does.
+func tlsRefused(h *netns.Handle, addr string, cfg *tls.Config) error {
+	tc, err := dialTLS(h, addr, cfg)
+	if errors.Is(err, errHandshake) {
+		return nil // refused during the handshake
+	}
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
 	// TLS 1.3: the client's certificate is checked after the client's
 	// handshake completes; the rejection arrives on the first read.
 	tc.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
@@ -221,18 +239,11 @@ func tlsRefused(h *netns.Handle, addr string, cfg *tls.Config) error {
 // advertised limit (raw frames: the x/net client would refuse to send it)
 // and expects a 431 reply.
 func oversizedHeaders(cfg *tls.Config, h *netns.Handle, addr, authority string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := dialFrom(ctx, h, addr)
+	tc, err := dialTLS(h, addr, cfg)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	tc := tls.Client(c, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return err
-	}
+	defer tc.Close()
 	io.WriteString(tc, http2.ClientPreface)
 	fr := http2.NewFramer(tc, tc)
 	fr.MaxHeaderListSize = 1 << 20
