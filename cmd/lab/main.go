@@ -61,6 +61,12 @@ lab executable, which serves small test servers:
       /status/CODE answers CODE
   command: ["$(LAB_BIN)", "serve-echo", "--addr", ":9000"]
       raw TCP echo
+  command: ["$(LAB_BIN)", "serve-grpc", "--addr", ":9090"]
+      gRPC (h2c): grpc.testing.TestService, grpc.health.v1.Health, reflection
+  command: ["$(LAB_BIN)", "serve-kafka", "--addr", ":9092", "--topics", "a,b"]
+      a one-broker Kafka cluster (franz-go kfake) advertising the pod IP
+      (--advertise HOST:PORT to override); topics are also auto-created
+  (serve-http also speaks prior-knowledge HTTP/2, h2c)
 A container with a readinessProbe (tcpSocket, httpGet, exec) is ready when it
 passes; without one, when its TCP containerPorts accept connections. Probes
 run inside the pod netns against 127.0.0.1 unless the probe names a host.
@@ -174,7 +180,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "exec":
 		stop() // signals go to the command, see cmdExec
 		return cmdExec(args[1:], stderr)
-	case "serve-http", "serve-echo":
+	case "serve-http", "serve-echo", "serve-grpc", "serve-kafka":
 		err = cmdServe(ctx, args[0], args[1:], stderr)
 	default:
 		fmt.Fprintf(stderr, "lab: unknown command %q\n\n%s", args[0], usage)
@@ -381,17 +387,26 @@ func cmdExec(args []string, stderr io.Writer) int {
 
 func cmdServe(ctx context.Context, which string, args []string, stderr io.Writer) error {
 	fs := newFlagSet(which, stderr)
-	def := ":8080"
-	if which == "serve-echo" {
-		def = ":9000"
-	}
+	def := map[string]string{"serve-http": ":8080", "serve-echo": ":9000", "serve-grpc": ":9090", "serve-kafka": ":9092"}[which]
 	addr := fs.String("addr", def, "listen address")
+	var topics, advertise *string
+	var partitions *int
+	if which == "serve-kafka" {
+		topics = fs.String("topics", "", "comma-separated topics to create at start-up")
+		partitions = fs.Int("partitions", 1, "partitions per created topic")
+		advertise = fs.String("advertise", "", "host:port named in Metadata (default: the pod's IPv4 and the listen port)")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	if which == "serve-echo" {
+	switch which {
+	case "serve-echo":
 		return apps.ServeEcho(ctx, *addr, log)
+	case "serve-grpc":
+		return apps.ServeGRPC(ctx, *addr, log)
+	case "serve-kafka":
+		return apps.ServeKafka(ctx, apps.KafkaOptions{Addr: *addr, Advertise: *advertise, Topics: apps.ParseTopics(*topics), Partitions: int32(*partitions)}, log)
 	}
 	return apps.ServeHTTP(ctx, *addr, log)
 }

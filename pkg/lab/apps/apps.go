@@ -1,9 +1,11 @@
 // Package apps holds the tiny workloads the lab runs inside pods: an HTTP
-// server and a raw TCP echo server. They exist so that demos and end-to-end
+// server (HTTP/1.1 and h2c), a raw TCP echo server, a gRPC server and a
+// one-broker Kafka cluster. They exist so that demos and end-to-end
 // tests need nothing but the lab binary itself (no python, no netcat).
 //
-// The lab binary exposes them as the hidden subcommands "serve-http" and
-// "serve-echo"; manifests refer to the binary as "$(LAB_BIN)".
+// The lab binary exposes them as the hidden subcommands "serve-http",
+// "serve-echo", "serve-grpc" and "serve-kafka"; manifests refer to the
+// binary as "$(LAB_BIN)".
 package apps
 
 import (
@@ -121,9 +123,15 @@ func ServeHTTP(ctx context.Context, addr string, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("serve-http: %w", err)
 	}
+	// HTTP/1.1 and prior-knowledge HTTP/2 (h2c) on the same port, as
+	// many in-cluster services serve them.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
 		Handler:           HTTPHandler(Hostname()),
 		ReadHeaderTimeout: 10 * time.Second,
+		Protocols:         &protocols,
 	}
 	log.Info("serving HTTP", "addr", ln.Addr().String(), "hostname", Hostname())
 	go func() {
