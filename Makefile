@@ -10,7 +10,9 @@ export PATH := $(BIN):$(PATH)
 
 BINARIES := palisade-agent palisade-nodeproxy lab
 
-.PHONY: all build deps test interop demo bench bench-tools lint clean
+TEST_BIN  := $(CURDIR)/.cache/test-bin
+
+.PHONY: all build deps test test-tools interop demo bench bench-tools lint fuzz clean
 
 all: build
 
@@ -23,10 +25,26 @@ build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/palisade-nodeproxy ./cmd/nodeproxy
 	$(GO) build $(GOFLAGS) -o $(BIN)/lab ./cmd/lab
 
-# Every test: unit tests of each package and the end-to-end tests on the lab.
-test: deps build lint
-	PALISADE_BIN=$(BIN) $(GO) test $(GOFLAGS) $(TESTFLAGS) -count=1 -timeout 30m ./...
+# Every test: unit tests of each package, the end-to-end tests on the lab,
+# a short run of every fuzz target, and the Istio interop module.
+test: deps build lint test-tools
+	PALISADE_BIN=$(BIN) PALISADE_TEST_BIN=$(TEST_BIN) $(GO) test $(GOFLAGS) $(TESTFLAGS) -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
 	$(MAKE) interop
+
+# Test clients that are Go programs (grpcurl), built from the tools module
+# (tools/go.mod, kept out of Palisade's go.mod) into the gitignored
+# .cache/test-bin, once per machine: rebuilt only when tools/go.sum changes.
+test-tools: $(TEST_BIN)/.stamp
+$(TEST_BIN)/.stamp: tools/go.mod tools/go.sum
+	cd tools && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
+	@touch $@
+
+# Every fuzz target for FUZZTIME each (seed corpora are checked in under
+# each package's testdata/fuzz and also run as plain tests).
+FUZZTIME ?= 10s
+fuzz:
+	@scripts/fuzz.sh $(FUZZTIME)
 
 # Interop with Istio's Go HBONE package, in its own module so that Istio's
 # dependencies stay out of go.mod.

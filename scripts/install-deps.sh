@@ -14,6 +14,7 @@ declare -A need=(
   [curl]=curl
   [jq]=jq
   [nsenter]=util-linux
+  [kcat]=kcat
 )
 if [ "${PALISADE_BENCH_DEPS:-0}" = 1 ]; then
   need[iperf3]=iperf3
