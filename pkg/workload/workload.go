@@ -79,7 +79,10 @@ type Workload struct {
 	Node           string            `json:"node"`
 	IPs            []netip.Addr      `json:"ips"`
 	Labels         map[string]string `json:"labels,omitempty"`
-	Mode           Mode              `json:"mode"`
+	// NamespaceLabels are the labels of the pod's namespace (policies
+	// select peers by them).
+	NamespaceLabels map[string]string `json:"namespaceLabels,omitempty"`
+	Mode            Mode              `json:"mode"`
 	// Enrolled is false for pods known only as traffic destinations.
 	Enrolled bool `json:"enrolled"`
 }
@@ -122,6 +125,9 @@ func FromPod(ns *corev1.Namespace, pod *corev1.Pod) Workload {
 		Labels:         pod.Labels,
 		Mode:           NamespaceMode(ns),
 		Enrolled:       PodEnrolled(ns, pod),
+	}
+	if ns != nil {
+		w.NamespaceLabels = ns.Labels
 	}
 	w.IPs = PodIPs(pod)
 	return w
