@@ -11,7 +11,7 @@ while IFS= read -r file; do
   for target in $(grep -oE '^func (Fuzz[A-Za-z0-9_]+)\(f \*testing\.F\)' "$file" | sed -E 's/^func (Fuzz[A-Za-z0-9_]+).*/\1/'); do
     found=$((found + 1))
     echo "fuzz: $pkg $target for $budget"
-    if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$budget" "$pkg"; then
+    if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$budget" -fuzzminimizetime 5s "$pkg"; then
       status=1
     fi
   done

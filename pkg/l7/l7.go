@@ -123,9 +123,12 @@ type KafkaRequest struct {
 	// ClientID is the request header's client id ("" when null).
 	ClientID string
 	// Topics are the distinct topic names the request carries, in order of
-	// first appearance; nil when it names none. Topics the request only
-	// names by id (Fetch v13+) are resolved by the inspector when it can
-	// and otherwise reported as "" so that topic rules fail closed.
+	// first appearance; nil when it names none (for example Heartbeat, or
+	// a brokers-only Metadata request). "" stands for a topic the
+	// inspector cannot name: "all topics" (Metadata with null topics, and
+	// the other all-topics forms), a topic id it could not resolve, a
+	// subscription regex or a wildcard resource. No topic allow rule
+	// matches "", so such requests fail closed under topic rules.
 	Topics []string
 }
 
