@@ -22,9 +22,10 @@ type chunk struct {
 	r, w int
 }
 
-// recvBuffer queues bytes received on a stream until its copier writes them
-// to the backend. Bytes are copied once, from the HTTP/2 frame into pooled
-// chunks; the copier takes whole chunks. Guarded by the connection mutex.
+// recvBuffer queues bytes received on a stream until its reader takes them
+// (the server's upstream copier, the client's Read or WriteTo). Bytes are
+// copied once, from the HTTP/2 frame into pooled chunks; copiers take whole
+// chunks. Guarded by the connection mutex.
 type recvBuffer struct {
 	chunks []chunk
 	size   int
@@ -58,6 +59,25 @@ func (b *recvBuffer) pop() (buf *[]byte, data []byte) {
 	b.chunks = b.chunks[:n]
 	b.size -= c.w - c.r
 	return c.buf, (*c.buf)[c.r:c.w]
+}
+
+// read copies buffered bytes into p and returns emptied chunks to the pool.
+func (b *recvBuffer) read(bp *bufPool, p []byte) int {
+	n := 0
+	for n < len(p) && len(b.chunks) > 0 {
+		c := &b.chunks[0]
+		k := copy(p[n:], (*c.buf)[c.r:c.w])
+		c.r += k
+		n += k
+		if c.r == c.w {
+			bp.put(c.buf)
+			m := copy(b.chunks, b.chunks[1:])
+			b.chunks[m] = chunk{}
+			b.chunks = b.chunks[:m]
+		}
+	}
+	b.size -= n
+	return n
 }
 
 // discard drops everything and reports how many bytes were dropped.

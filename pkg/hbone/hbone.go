@@ -11,32 +11,45 @@
 //
 // # HTTP/2 implementation
 //
-// Framing, HPACK and (on the client) the whole HTTP/2 connection come from
-// golang.org/x/net/http2. The server runs its own connection state machine on
-// top of x/net's Framer instead of http2.Server, because http2.Server ends a
-// stream in both directions when the handler returns: it cannot send
-// END_STREAM while it keeps reading the request body, so a backend that
-// half-closes could not be propagated to the client (see the "TODO (maybe)"
-// at the top of x/net/http2/server.go). HBONE needs both half-closes.
+// Framing and HPACK come from golang.org/x/net/http2; both connection state
+// machines are our own, on x/net's Framer. The server's, because
+// http2.Server ends a stream in both directions when the handler returns:
+// it cannot send END_STREAM while it keeps reading the request body, so a
+// backend that half-closes could not be propagated to the client (see the
+// "TODO (maybe)" at the top of x/net/http2/server.go). HBONE needs both
+// half-closes. The client's, because x/net's ClientConn sends a request
+// body from a goroutine of its own, reading an io.Pipe for a tunnel, and
+// hands every received chunk through another pipe: each chunk crossed two
+// goroutines, typically a thread wake-up each, which made that hop cost
+// more CPU than the encryption (docs/benchmarks.md).
+//
+// The data path (wire.go, sink.go):
+//
+//   - Conn.Write and the server's backend copier frame and encrypt their
+//     bytes on their own goroutine, under the connection's write lock;
+//   - the frames of one write leave in one tls.Conn.Write, and the TLS
+//     records of that write in one write(2) (bufConn); reads from the
+//     socket are buffered the same way;
+//   - the read loop writes received bytes straight into the destination
+//     socket (Conn.WriteTo's writer, the server's backend) when the socket
+//     takes them without blocking, and queues them for the stream's own
+//     goroutine otherwise; destinations that are not sockets can join in
+//     by implementing TryWriter;
+//   - the read loop never waits for the write lock: the control frames it
+//     produces are queued and written by the next writer.
 //
 // # Settings
 //
-// Both sides use the settings ztunnel uses (the Default* constants): stream window
-// 4 MiB, connection window 16 MiB, max frame size 1 MiB, a PING after 10 s
-// without any frame from the peer and the connection closed if nothing
-// arrives within 20 s more; the server allows 200 concurrent streams and
-// 16 KiB of request headers. With x/net v0.62 (legacy implementation, used
-// below Go 1.27) every one of these can be set on the client through
-// http.HTTP2Config, except that:
-//
-//   - the client's connection window is 16 MiB on top of the 64 KiB initial
-//     window (x/net sends WINDOW_UPDATE(0, MaxReceiveBufferPerConnection));
-//   - keepalive PINGs are sent only after the read-idle interval, not
-//     unconditionally every 10 s: a busy connection proves liveness with its
-//     own frames (x/net's ReadIdleTimeout; the server does the same);
-//   - the client has no knob for the size of its request body scratch buffer
-//     (x/net picks min(peer max frame size, 512 KiB)), so DATA frames it sends
-//     follow the size of the caller's writes.
+// Both sides use the settings ztunnel uses (the Default* constants): stream
+// window 4 MiB, connection window 16 MiB (the initial 65,535 bytes plus a
+// WINDOW_UPDATE), max frame size 1 MiB, a PING after 10 s without any frame
+// from the peer and the connection closed if nothing arrives within 20 s
+// more; the server allows 200 concurrent streams and 16 KiB of request
+// headers. Keepalive PINGs are sent only after the read-idle interval, not
+// unconditionally every 10 s: a busy connection proves liveness with its
+// own frames. DATA frames we send carry at most 64 KiB (or the peer's
+// SETTINGS_MAX_FRAME_SIZE when smaller) so that the receiver can forward
+// bytes before a whole megabyte arrived.
 package hbone
 
 import (

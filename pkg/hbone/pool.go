@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 DESIGN.md asks for golang.org/x/net/http2; its client types are deprecated in favour of net/http's (Go 1.26), the planned migration.
-
 package hbone
 
 import (
@@ -7,12 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"sync"
 	"time"
 
@@ -78,9 +74,10 @@ type PoolConfig struct {
 // Pool opens HBONE streams over pooled HTTP/2 connections. It is safe for
 // concurrent use.
 type Pool struct {
-	cfg PoolConfig
-	t2  *http2.Transport
-	log *slog.Logger
+	cfg   PoolConfig
+	log   *slog.Logger
+	bufs  *bufPool
+	batch *batchPool
 
 	mu      sync.Mutex
 	entries map[Key]*poolEntry
@@ -89,7 +86,7 @@ type Pool struct {
 }
 
 type poolEntry struct {
-	conns []*pooledConn
+	conns []*clientConn
 	dial  *dialCall // non-nil while a dial for this key is in flight
 }
 
@@ -97,12 +94,6 @@ type dialCall struct {
 	done chan struct{}
 	err  error
 	ctx  context.Context // the dialer's context
-}
-
-type pooledConn struct {
-	key Key
-	cc  *http2.ClientConn
-	tc  *tls.Conn
 }
 
 // NewPool returns an empty pool.
@@ -125,32 +116,11 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 
-	// x/net reads the windows from the net/http HTTP2Config of the
-	// http.Transport it is linked to; that transport is never used to send
-	// requests.
-	t := cfg.Tuning
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-		MaxReceiveBufferPerConnection: int(t.ConnWindow),
-		MaxReceiveBufferPerStream:     int(t.StreamWindow),
-		MaxReadFrameSize:              int(t.MaxFrameSize),
-		SendPingTimeout:               t.PingInterval,
-		PingTimeout:                   t.PingTimeout,
-	}}
-	t2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		return nil, fmt.Errorf("hbone: configure HTTP/2 transport: %w", err)
-	}
-	t2.MaxReadFrameSize = t.MaxFrameSize
-	t2.ReadIdleTimeout = t.PingInterval
-	t2.PingTimeout = t.PingTimeout
-	t2.IdleConnTimeout = cfg.IdleTimeout
-	t2.MaxHeaderListSize = maxResponseHeaderBytes
-	t2.DisableCompression = true
-
 	p := &Pool{
 		cfg:     cfg,
-		t2:      t2,
 		log:     log.With("component", "hbone-pool"),
+		bufs:    newBufPool(),
+		batch:   newBatchPool(),
 		entries: make(map[Key]*poolEntry),
 	}
 	p.sweeper = time.AfterFunc(p.sweepPeriod(), p.sweep)
@@ -183,37 +153,37 @@ func (p *Pool) Dial(ctx context.Context, key Key, authority string, header http.
 		if err != nil {
 			return nil, err
 		}
-		c, err := p.roundTrip(ctx, pc, authority, header)
+		c, err := pc.openStream(ctx, authority, header)
 		if err == nil {
 			return c, nil
 		}
-		if attempt == 0 && ctx.Err() == nil && retryable(err, pc) {
+		if attempt == 0 && ctx.Err() == nil && retryable(err) {
 			p.log.Debug("retrying HBONE stream on a new connection", "key", key.String(), "err", err)
 			continue
 		}
-		return nil, err
+		var sErr *StatusError
+		if errors.As(err, &sErr) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", authority, key.DstAddr, err)
 	}
 }
 
 // retryable reports whether a failed stream never reached the server's
-// application logic because its connection was unusable.
-func retryable(err error, pc *pooledConn) bool {
-	var se http2.StreamError
-	if errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream {
-		return true
+// application logic: refused, or its connection went away before the
+// server took it.
+func retryable(err error) bool {
+	var re *StreamResetError
+	if errors.As(err, &re) {
+		return re.Code == http2.ErrCodeRefusedStream
 	}
-	var sErr *StatusError
-	if errors.As(err, &sErr) {
-		return false
-	}
-	st := pc.cc.State()
-	return st.Closed || st.Closing
+	return errors.Is(err, errConnGoAway) || errors.Is(err, errConnClosed) || errors.Is(err, errIDsExhausted)
 }
 
 // acquire returns a connection for key with one stream reserved, dialling
 // when none has room. Dials for one key are serialised: concurrent callers
 // wait for the dial in flight and share its result.
-func (p *Pool) acquire(ctx context.Context, key Key, dialTCP DialFunc) (*pooledConn, error) {
+func (p *Pool) acquire(ctx context.Context, key Key, dialTCP DialFunc) (*clientConn, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -255,10 +225,10 @@ func (p *Pool) acquire(ctx context.Context, key Key, dialTCP DialFunc) (*pooledC
 		if err == nil {
 			if p.closed {
 				err = ErrPoolClosed
-				pc.cc.Close()
-			} else if !pc.cc.ReserveNewRequest() {
+				pc.closeNow(nil)
+			} else if !pc.tryReserve(p.cfg.MaxStreamsPerConn) {
 				err = fmt.Errorf("hbone: new connection to %s unusable", key.DstAddr)
-				pc.cc.Close()
+				pc.closeNow(nil)
 			} else {
 				e.conns = append(e.conns, pc)
 			}
@@ -277,19 +247,15 @@ func (p *Pool) acquire(ctx context.Context, key Key, dialTCP DialFunc) (*pooledC
 
 // reserveLocked reserves a stream on a pooled connection with room, dropping
 // connections that closed.
-func (p *Pool) reserveLocked(e *poolEntry) *pooledConn {
-	var found *pooledConn
+func (p *Pool) reserveLocked(e *poolEntry) *clientConn {
+	var found *clientConn
 	live := e.conns[:0]
 	for _, pc := range e.conns {
-		st := pc.cc.State()
-		if st.Closed {
+		if pc.state().closed {
 			continue
 		}
 		live = append(live, pc)
-		if found != nil || st.Closing {
-			continue
-		}
-		if st.StreamsActive+st.StreamsReserved+st.StreamsPending < p.cfg.MaxStreamsPerConn && pc.cc.ReserveNewRequest() {
+		if found == nil && pc.tryReserve(p.cfg.MaxStreamsPerConn) {
 			found = pc
 		}
 	}
@@ -299,82 +265,34 @@ func (p *Pool) reserveLocked(e *poolEntry) *pooledConn {
 }
 
 // dialConn makes a new TLS + HTTP/2 connection for key.
-func (p *Pool) dialConn(ctx context.Context, key Key, dialTCP DialFunc) (*pooledConn, error) {
+func (p *Pool) dialConn(ctx context.Context, key Key, dialTCP DialFunc) (*clientConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
 	defer cancel()
 	svid, err := p.cfg.Identities.SVID(ctx, key.Src)
 	if err != nil {
 		return nil, fmt.Errorf("hbone: SVID for %s: %w", key.Src, err)
 	}
-	raw, err := dialTCP(ctx)
+	c, err := dialTCP(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", key.DstAddr, err)
 	}
+	raw := newBufConn(c, p.batch)
 	tc := tls.Client(raw, clientTLSConfig(svid, p.cfg.Identities, key.Dst))
 	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
+		c.Close()
 		return nil, fmt.Errorf("hbone: TLS handshake with %s at %s: %w", key.Dst, key.DstAddr, err)
 	}
 	if proto := tc.ConnectionState().NegotiatedProtocol; proto != alpnH2 {
-		tc.Close()
+		c.Close()
 		return nil, fmt.Errorf("hbone: %s negotiated ALPN %q, want %q", key.DstAddr, proto, alpnH2)
 	}
-	cc, err := p.t2.NewClientConn(tc)
+	cc, err := newClientConn(p, key, tc, raw)
 	if err != nil {
-		tc.Close()
+		c.Close()
 		return nil, fmt.Errorf("hbone: HTTP/2 connection to %s: %w", key.DstAddr, err)
 	}
 	p.log.Debug("HBONE connection opened", "key", key.String(), "local", tc.LocalAddr().String())
-	return &pooledConn{key: key, cc: cc, tc: tc}, nil
-}
-
-// roundTrip sends the CONNECT request on pc, which holds a reservation.
-func (p *Pool) roundTrip(ctx context.Context, pc *pooledConn, authority string, header http.Header) (*Conn, error) {
-	if header == nil {
-		header = http.Header{}
-	}
-	pr, pw := io.Pipe()
-	// The stream outlives ctx: it gets its own context, cancelled by
-	// Conn.Close, and ctx only aborts the setup below.
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	req := (&http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: authority},
-		Host:          authority,
-		Header:        header,
-		Body:          pr,
-		ContentLength: -1,
-		Proto:         "HTTP/2.0",
-		ProtoMajor:    2,
-	}).WithContext(sctx)
-	stop := context.AfterFunc(ctx, cancel)
-	resp, err := pc.cc.RoundTrip(req)
-	if !stop() {
-		// ctx ended during setup.
-		if err == nil {
-			resp.Body.Close()
-		}
-		pw.CloseWithError(ctx.Err())
-		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", authority, pc.key.DstAddr, ctx.Err())
-	}
-	if err != nil {
-		cancel()
-		pw.CloseWithError(err)
-		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", authority, pc.key.DstAddr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		pw.CloseWithError(net.ErrClosed)
-		return nil, &StatusError{Code: resp.StatusCode, Reason: resp.Header.Get(reasonHeader)}
-	}
-	return &Conn{
-		body:   resp.Body,
-		pw:     pw,
-		cancel: cancel,
-		local:  pc.tc.LocalAddr(),
-		remote: pc.tc.RemoteAddr(),
-	}, nil
+	return cc, nil
 }
 
 // PoolStats is a snapshot of a pool.
@@ -395,12 +313,12 @@ func (p *Pool) Stats() PoolStats {
 	for _, e := range p.entries {
 		n := 0
 		for _, pc := range e.conns {
-			st := pc.cc.State()
-			if st.Closed {
+			st := pc.state()
+			if st.closed {
 				continue
 			}
 			n++
-			s.Streams += st.StreamsActive + st.StreamsReserved + st.StreamsPending
+			s.Streams += st.streams
 		}
 		if n > 0 {
 			s.Keys++
@@ -414,8 +332,8 @@ func (p *Pool) sweepPeriod() time.Duration {
 	return min(max(p.cfg.IdleTimeout/2, 10*time.Millisecond), time.Minute)
 }
 
-// sweep drops connections that closed (x/net closes idle ones itself after
-// IdleTimeout) and keys left without connections.
+// sweep drops connections that closed (each closes itself after
+// IdleTimeout without streams) and keys left without connections.
 func (p *Pool) sweep() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -435,7 +353,7 @@ func (p *Pool) sweep() {
 func pruneLocked(e *poolEntry) {
 	live := e.conns[:0]
 	for _, pc := range e.conns {
-		if !pc.cc.State().Closed {
+		if !pc.state().closed {
 			live = append(live, pc)
 		}
 	}
@@ -443,10 +361,10 @@ func pruneLocked(e *poolEntry) {
 	e.conns = live
 }
 
-func (p *Pool) takeAll() []*pooledConn {
+func (p *Pool) takeAll() []*clientConn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var all []*pooledConn
+	var all []*clientConn
 	for k, e := range p.entries {
 		all = append(all, e.conns...)
 		e.conns = nil
@@ -462,7 +380,7 @@ func (p *Pool) takeAll() []*pooledConn {
 // (their sockets live in its network namespace).
 func (p *Pool) Evict(match func(Key) bool) {
 	p.mu.Lock()
-	var victims []*pooledConn
+	var victims []*clientConn
 	for k, e := range p.entries {
 		if !match(k) {
 			continue
@@ -475,19 +393,18 @@ func (p *Pool) Evict(match func(Key) bool) {
 	}
 	p.mu.Unlock()
 	for _, pc := range victims {
-		pc.cc.Close()
+		pc.closeNow(nil)
 	}
 }
 
 // CloseIdle closes connections that carry no stream.
 func (p *Pool) CloseIdle() {
 	p.mu.Lock()
-	var idle []*pooledConn
+	var idle []*clientConn
 	for _, e := range p.entries {
 		live := e.conns[:0]
 		for _, pc := range e.conns {
-			st := pc.cc.State()
-			if st.StreamsActive+st.StreamsReserved+st.StreamsPending == 0 {
+			if pc.state().streams == 0 {
 				idle = append(idle, pc)
 				continue
 			}
@@ -498,7 +415,7 @@ func (p *Pool) CloseIdle() {
 	}
 	p.mu.Unlock()
 	for _, pc := range idle {
-		pc.cc.Close()
+		pc.closeNow(nil)
 	}
 }
 
@@ -513,9 +430,7 @@ func (p *Pool) Drain(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := pc.cc.Shutdown(ctx); err != nil {
-				pc.cc.Close()
-			}
+			pc.Shutdown(ctx)
 		}()
 	}
 	wg.Wait()
@@ -533,7 +448,7 @@ func (p *Pool) Close() error {
 	p.sweeper.Stop()
 	p.mu.Unlock()
 	for _, pc := range p.takeAll() {
-		pc.cc.Close()
+		pc.closeNow(nil)
 	}
 	return nil
 }

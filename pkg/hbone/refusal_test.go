@@ -299,7 +299,7 @@ func TestOversizedHeaders(t *testing.T) {
 	be := newBackend(t, echoHandler)
 	e.mustDial(be.addr).Close() // the client now knows the server's limit
 
-	t.Run("x/net client refuses to send", func(t *testing.T) {
+	t.Run("client refuses to send", func(t *testing.T) {
 		h := http.Header{"X-Big": {strings.Repeat("a", 20<<10)}}
 		_, err := e.dial(context.Background(), be.addr, h)
 		if err == nil {

@@ -57,7 +57,11 @@ type Request struct {
 //
 // ctx ends when the client resets the stream or the server is closed.
 // If the backend implements CloseWrite (like *net.TCPConn) the client's
-// half-close is propagated to it.
+// half-close is propagated to it. If it is a *net.TCPConn or implements
+// TryWriter, the connection's read loop writes the client's bytes into it
+// directly whenever the socket takes them without blocking, which saves a
+// goroutine hand-off per DATA frame; wrappers (byte counters, for example)
+// should implement TryWriter for that, with NewTryWriter.
 type ConnectFunc func(ctx context.Context, req *Request) (backend net.Conn, status int, err error)
 
 // ServerConfig configures a Server.
@@ -77,9 +81,9 @@ type ServerConfig struct {
 	MaxConcurrentStreams uint32
 	// MaxHeaderBytes limits the request header list (DefaultMaxHeaderBytes,
 	// counted as HPACK does: name + value + 32 per field) and is advertised
-	// as SETTINGS_MAX_HEADER_LIST_SIZE, so x/net clients refuse to send
-	// more (Pool.Dial fails without a request). A client that sends more
-	// anyway gets, as decided by x/net's Framer:
+	// as SETTINGS_MAX_HEADER_LIST_SIZE, so Pool.Dial (and x/net clients)
+	// refuse to send more: the dial fails without a request. A client
+	// that sends more anyway gets, as decided by x/net's Framer:
 	//   - a 431 reply and RST_STREAM(NO_ERROR) when the fields add up to
 	//     more than the limit; the connection survives;
 	//   - GOAWAY COMPRESSION_ERROR when a single name or value is longer
@@ -106,6 +110,7 @@ type Server struct {
 	tlsConf *tls.Config
 	log     *slog.Logger
 	bufs    *bufPool
+	batch   *batchPool
 
 	// ctx is cancelled by Close/forced shutdown; it parents stream contexts.
 	ctx    context.Context
@@ -155,6 +160,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		tlsConf:   serverTLSConfig(cfg.Identities, cfg.Identity, cfg.TrustDomain),
 		log:       log.With("component", "hbone-server", "identity", cfg.Identity.String()),
 		bufs:      newBufPool(),
+		batch:     newBatchPool(),
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
@@ -247,7 +253,8 @@ func (s *Server) handleConn(c net.Conn) {
 func (s *Server) handshake(c net.Conn) (*serverConn, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	tc := tls.Server(c, s.tlsConf)
+	raw := newBufConn(c, s.batch)
+	tc := tls.Server(raw, s.tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
@@ -259,7 +266,7 @@ func (s *Server) handshake(c net.Conn) (*serverConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newServerConn(s, tc, peer), nil
+	return newServerConn(s, tc, raw, peer), nil
 }
 
 // Shutdown stops the listeners, sends GOAWAY on every connection and waits

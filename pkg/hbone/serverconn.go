@@ -1,8 +1,6 @@
 package hbone
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -43,9 +41,9 @@ var (
 var errStreamReset = errors.New("hbone: stream reset")
 
 // serverConn is one HTTP/2 connection of a Server, implemented on x/net's
-// Framer. The read loop (serve) owns the Framer's read side; writes from any
-// goroutine hold wmu and flush at once, so every DATA frame leaves without
-// delay.
+// Framer. The read loop (serve) owns the Framer's read side; writes go
+// through w (see wire.go) and are flushed at the end of each write, so
+// every DATA frame leaves without delay.
 type serverConn struct {
 	srv    *Server
 	tc     *tls.Conn
@@ -54,12 +52,8 @@ type serverConn struct {
 	local  net.Addr
 	log    *slog.Logger
 
-	fr *http2.Framer
-
-	wmu  sync.Mutex // guards the write side of fr, bw, henc, hbuf
-	bw   *bufio.Writer
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	fr *http2.Framer // read side
+	w  *frameWriter
 
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 	timer    *time.Timer
@@ -83,14 +77,13 @@ type serverConn struct {
 	closed      bool
 }
 
-func newServerConn(s *Server, tc *tls.Conn, peer spiffeid.ID) *serverConn {
+func newServerConn(s *Server, tc *tls.Conn, raw *bufConn, peer spiffeid.ID) *serverConn {
 	sc := &serverConn{
 		srv:        s,
 		tc:         tc,
 		peer:       peer,
 		remote:     tc.RemoteAddr(),
 		local:      tc.LocalAddr(),
-		bw:         bufio.NewWriterSize(tc, 64<<10),
 		streams:    make(map[uint32]*serverStream),
 		sendWindow: initialWindow,
 		recvWindow: int64(s.tuning.ConnWindow),
@@ -101,12 +94,7 @@ func newServerConn(s *Server, tc *tls.Conn, peer spiffeid.ID) *serverConn {
 	sc.log = s.log.With("peer", peer.String(), "remote", sc.remote.String())
 	sc.sendCond.L = &sc.mu
 	sc.timer = time.AfterFunc(time.Duration(math.MaxInt64), sc.tick) // armed by serve
-	sc.fr = http2.NewFramer(sc.bw, tc)
-	sc.fr.SetReuseFrames()
-	sc.fr.SetMaxReadFrameSize(s.tuning.MaxFrameSize)
-	sc.fr.ReadMetaHeaders = hpack.NewDecoder(headerTableSize, nil)
-	sc.fr.MaxHeaderListSize = s.cfg.MaxHeaderBytes
-	sc.henc = hpack.NewEncoder(&sc.hbuf)
+	sc.w, sc.fr = newFrameWriter(tc, raw, s.tuning.MaxFrameSize, s.cfg.MaxHeaderBytes)
 	return sc
 }
 
@@ -150,19 +138,17 @@ func (sc *serverConn) readPreface() error {
 	sc.tc.SetReadDeadline(time.Now().Add(sc.srv.cfg.HandshakeTimeout))
 	defer sc.tc.SetReadDeadline(time.Time{})
 
-	sc.wmu.Lock()
-	sc.fr.WriteSettings(
+	sc.w.lock()
+	sc.w.fr.WriteSettings(
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.srv.cfg.MaxConcurrentStreams},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: t.StreamWindow},
 		http2.Setting{ID: http2.SettingMaxFrameSize, Val: t.MaxFrameSize},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: sc.srv.cfg.MaxHeaderBytes},
 	)
 	if t.ConnWindow > initialWindow {
-		sc.fr.WriteWindowUpdate(0, t.ConnWindow-initialWindow)
+		sc.w.fr.WriteWindowUpdate(0, t.ConnWindow-initialWindow)
 	}
-	err := sc.bw.Flush()
-	sc.wmu.Unlock()
-	if err != nil {
+	if err := sc.w.unlock(); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
 
@@ -251,6 +237,7 @@ func (sc *serverConn) processFrame(f http2.Frame) error {
 }
 
 func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
+	ack := ctlFrame{kind: ctlSettingsAck}
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			var ce http2.ConnectionError
@@ -278,21 +265,15 @@ func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
 			sc.peerFrame = int(s.Val)
 			sc.mu.Unlock()
 		case http2.SettingHeaderTableSize:
-			sc.wmu.Lock()
-			sc.henc.SetMaxDynamicTableSize(min(s.Val, headerTableSize))
-			sc.wmu.Unlock()
+			ack.tableSize, ack.hasTableSize = s.Val, true
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	if err := sc.fr.WriteSettingsAck(); err != nil {
-		return err
-	}
-	return sc.bw.Flush()
+	sc.w.control(ack)
+	return nil
 }
 
 func (sc *serverConn) processPing(f *http2.PingFrame) error {
@@ -305,12 +286,8 @@ func (sc *serverConn) processPing(f *http2.PingFrame) error {
 		}
 		return nil
 	}
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	if err := sc.fr.WritePing(true, f.Data); err != nil {
-		return err
-	}
-	return sc.bw.Flush()
+	sc.w.control(ctlFrame{kind: ctlPingAck, data: f.Data})
+	return nil
 }
 
 func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -392,13 +369,42 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 		connInc = sc.creditConnLocked(pad)
 		streamInc = st.creditLocked(pad)
 	}
+	if len(data) > 0 && st.sink != nil && st.recv.empty() && !st.upWriting {
+		// Direct delivery (sink.go): no hand-off to the upstream copier
+		// when the backend takes the bytes at once.
+		sc.mu.Unlock()
+		k, err := st.sink.TryWrite(data)
+		sc.mu.Lock()
+		if k > 0 {
+			connInc += sc.creditConnLocked(int64(k))
+			if !f.StreamEnded() {
+				streamInc += st.creditLocked(int64(k))
+			}
+			data = data[k:]
+		}
+		switch {
+		case st.err != nil: // aborted meanwhile: drop the rest
+			connInc += sc.creditConnLocked(int64(len(data)))
+			data = nil
+		case err != nil:
+			connInc += sc.creditConnLocked(int64(len(data)))
+			sc.mu.Unlock()
+			sc.writeWindowUpdates(id, connInc, 0)
+			st.resetLocal(http2.ErrCodeConnect, "backend write: "+err.Error())
+			return nil
+		}
+	}
 	if len(data) > 0 {
 		st.recv.write(sc.srv.bufs, data)
 	}
 	if f.StreamEnded() {
 		st.recvDone = true
 	}
-	st.recvCond.Signal()
+	if len(data) > 0 || f.StreamEnded() {
+		// Only then has the upstream copier something to do: waking it
+		// after a direct delivery would cost the hand-off it saved.
+		st.recvCond.Signal()
+	}
 	if f.StreamEnded() {
 		st.maybeCloseLocked()
 	}
@@ -421,19 +427,9 @@ func (sc *serverConn) creditConnLocked(n int64) uint32 {
 	return uint32(inc)
 }
 
+// writeWindowUpdates queues WINDOW_UPDATE frames; it never blocks.
 func (sc *serverConn) writeWindowUpdates(id uint32, connInc, streamInc uint32) {
-	if connInc == 0 && streamInc == 0 {
-		return
-	}
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	if connInc > 0 {
-		sc.fr.WriteWindowUpdate(0, connInc)
-	}
-	if streamInc > 0 {
-		sc.fr.WriteWindowUpdate(id, streamInc)
-	}
-	sc.bw.Flush()
+	sc.w.windowUpdates(id, connInc, streamInc)
 }
 
 func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
@@ -537,18 +533,19 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 // client may still send, resets it with NO_ERROR (RFC 9113 §8.1) so that it
 // stops.
 func (sc *serverConn) writeRefusal(id uint32, status int, reason string, reset bool) {
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	sc.hbuf.Reset()
-	sc.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
+	fields := []hpack.HeaderField{{Name: ":status", Value: statusString(status)}}
 	if reason != "" {
-		sc.henc.WriteField(hpack.HeaderField{Name: reasonHeader, Value: sanitizeReason(reason)})
+		fields = append(fields, hpack.HeaderField{Name: reasonHeader, Value: sanitizeReason(reason)})
 	}
-	sc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: sc.hbuf.Bytes(), EndStream: true, EndHeaders: true})
+	sc.mu.Lock()
+	maxFrame := sc.peerFrame
+	sc.mu.Unlock()
+	sc.w.lock()
+	sc.w.appendHeaders(id, true, maxFrame, fields...)
 	if reset {
-		sc.fr.WriteRSTStream(id, http2.ErrCodeNo)
+		sc.w.fr.WriteRSTStream(id, http2.ErrCodeNo)
 	}
-	sc.bw.Flush()
+	sc.w.unlock()
 }
 
 func statusString(code int) string {
@@ -583,21 +580,14 @@ func sanitizeReason(reason string) string {
 // resetStream sends RST_STREAM for a stream that has no serverStream (or
 // whose serverStream is already gone).
 func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) {
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	sc.fr.WriteRSTStream(id, code)
-	sc.bw.Flush()
+	sc.w.control(ctlFrame{kind: ctlReset, id: id, val: uint32(code)})
 }
 
 func (sc *serverConn) writeGoAway(code http2.ErrCode, debug []byte) {
 	sc.mu.Lock()
 	last := sc.maxStreamID
 	sc.mu.Unlock()
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	sc.tc.SetWriteDeadline(time.Now().Add(time.Second))
-	sc.fr.WriteGoAway(last, code, debug)
-	sc.bw.Flush()
+	sc.w.goAway(last, code, debug)
 }
 
 // startDrain begins a graceful shutdown of the connection: GOAWAY with the
@@ -613,12 +603,10 @@ func (sc *serverConn) startDrain() {
 	}
 	sc.draining = true
 	sc.mu.Unlock()
-	sc.wmu.Lock()
-	sc.fr.WriteGoAway(maxWindow, http2.ErrCodeNo, nil)
-	sc.fr.WritePing(false, pingDrain)
-	err := sc.bw.Flush()
-	sc.wmu.Unlock()
-	if err != nil {
+	sc.w.lock()
+	sc.w.fr.WriteGoAway(maxWindow, http2.ErrCodeNo, nil)
+	sc.w.fr.WritePing(false, pingDrain)
+	if err := sc.w.unlock(); err != nil {
 		sc.closeNow(err)
 	}
 }
@@ -633,10 +621,9 @@ func (sc *serverConn) finishDrain() {
 	last := sc.maxStreamID
 	idle := sc.active == 0 && sc.handlers == 0
 	sc.mu.Unlock()
-	sc.wmu.Lock()
-	sc.fr.WriteGoAway(last, http2.ErrCodeNo, nil)
-	sc.bw.Flush()
-	sc.wmu.Unlock()
+	sc.w.lock()
+	sc.w.fr.WriteGoAway(last, http2.ErrCodeNo, nil)
+	sc.w.unlock()
 	if idle {
 		sc.closeNow(nil)
 	}
@@ -674,12 +661,10 @@ func (sc *serverConn) tick() {
 	idleFor := now.Sub(sc.idleSince)
 	idle := it > 0 && sc.active == 0 && sc.handlers == 0 && !sc.idleSince.IsZero() && idleFor >= it
 	sc.mu.Unlock()
-	if ping && sc.wmu.TryLock() {
-		// TryLock: a writer stuck on a dead peer must not stall the
+	if ping {
+		// Queued: a writer stuck on a dead peer must not stall the
 		// keepalive; the silence check above closes such connections.
-		sc.fr.WritePing(false, pingKeepalive)
-		sc.bw.Flush()
-		sc.wmu.Unlock()
+		sc.w.control(ctlFrame{kind: ctlPing, data: pingKeepalive})
 	}
 	if idle {
 		sc.log.Debug("hbone connection closed: idle", "idle_for", idleFor.Round(time.Millisecond))
@@ -705,9 +690,9 @@ func (sc *serverConn) closeNow(reason error) {
 	sc.sendCond.Broadcast()
 	sc.mu.Unlock()
 	sc.timer.Stop()
-	// Close the socket first: it unblocks a writer stuck in Flush on a
-	// dead peer, which holds wmu that abort needs.
-	sc.tc.Close()
+	// Close the socket first: it unblocks a writer stuck on a dead peer,
+	// which holds the write lock.
+	sc.w.closeConn()
 	err := errConnClosed
 	if reason != nil && !isClosedErr(reason) {
 		err = fmt.Errorf("%w: %v", errConnClosed, reason)

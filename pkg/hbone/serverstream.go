@@ -18,7 +18,9 @@ var errRefused = errors.New("hbone: stream refused")
 
 // serverStream is one CONNECT stream. Two goroutines serve it once Connect
 // allowed it: run copies backend → client (downstream), upstream copies
-// client → backend. Fields marked "mu" are guarded by the connection mutex.
+// client → backend what the read loop could not write into the backend
+// directly (sink.go). Fields marked "mu" are guarded by the connection
+// mutex.
 type serverStream struct {
 	sc     *serverConn
 	id     uint32
@@ -35,7 +37,9 @@ type serverStream struct {
 	closed      bool          // mu: closed in the protocol sense, not in sc.streams
 	err         error         // mu: why the stream was aborted
 	backend     net.Conn      // mu
-	rstSent     bool          // guarded by sc.wmu
+	sink        TryWriter     // mu: the backend, when it can be written without blocking
+	upWriting   bool          // mu: upstream is writing bytes it took from recv
+	rstSent     bool          // guarded by the write lock (sc.w)
 	_           [0]sync.Mutex // not copyable
 }
 
@@ -99,6 +103,7 @@ func (st *serverStream) run(req *Request, authority string) {
 		return
 	}
 	st.backend = backend
+	st.sink = directWriterFor(backend)
 	sc.mu.Unlock()
 
 	if err := st.writeOK(); err != nil {
@@ -132,17 +137,19 @@ func (st *serverStream) connect(req *Request) (backend net.Conn, status int, err
 
 func (st *serverStream) writeOK() error {
 	sc := st.sc
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
+	sc.mu.Lock()
+	maxFrame := sc.peerFrame
+	sc.mu.Unlock()
+	sc.w.lock()
 	if st.rstSent {
+		sc.w.unlock()
 		return errStreamReset
 	}
-	sc.hbuf.Reset()
-	sc.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-	if err := sc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: sc.hbuf.Bytes(), EndHeaders: true}); err != nil {
+	if err := sc.w.appendHeaders(st.id, false, maxFrame, hpack.HeaderField{Name: ":status", Value: "200"}); err != nil {
+		sc.w.unlock()
 		return err
 	}
-	return sc.bw.Flush()
+	return sc.w.unlock()
 }
 
 // upstream copies client → backend, then propagates END_STREAM as
@@ -166,6 +173,7 @@ func (st *serverStream) upstream(backend net.Conn) {
 			return
 		}
 		buf, data := st.recv.pop()
+		st.upWriting = true
 		sc.mu.Unlock()
 
 		_, err := backend.Write(data)
@@ -173,6 +181,7 @@ func (st *serverStream) upstream(backend net.Conn) {
 		sc.srv.bufs.put(buf)
 
 		sc.mu.Lock()
+		st.upWriting = false
 		connInc := sc.creditConnLocked(n)
 		var streamInc uint32
 		if !st.recvDone && st.err == nil {
@@ -231,27 +240,26 @@ func (st *serverStream) writeData(p []byte, end bool) error {
 			sc.mu.Unlock()
 			return errConnClosed
 		}
-		n := int64(len(p))
-		n = min(n, st.sendWindow, sc.sendWindow, int64(sc.peerFrame))
-		if len(p) == 0 {
-			n = 0
-		}
+		n := min(int64(len(p)), st.sendWindow, sc.sendWindow)
 		st.sendWindow -= n
 		sc.sendWindow -= n
 		last := end && n == int64(len(p))
 		if last {
 			st.sentEnd = true
 		}
+		maxFrame := min(sc.peerFrame, maxDataFrame)
 		sc.mu.Unlock()
 
 		var err error
-		sc.wmu.Lock()
+		sc.w.lock()
 		if st.rstSent {
 			err = errStreamReset
-		} else if err = sc.fr.WriteData(st.id, last, p[:n]); err == nil {
-			err = sc.bw.Flush()
+		} else {
+			err = sc.w.appendData(st.id, last, p[:n], maxFrame)
 		}
-		sc.wmu.Unlock()
+		if uerr := sc.w.unlock(); err == nil {
+			err = uerr
+		}
 		if err != nil {
 			if !errors.Is(err, errStreamReset) {
 				sc.closeNow(err)
@@ -334,16 +342,12 @@ func (st *serverStream) abort(err error, rstBackend, sendRST bool, code http2.Er
 	sc.mu.Unlock()
 
 	st.cancel()
+	// Queued, never waiting for the write lock: abort also runs on the
+	// read loop. Either way nothing more is written on this stream.
 	if sendRST && wasOpen {
-		sc.wmu.Lock()
-		st.rstSent = true
-		sc.fr.WriteRSTStream(st.id, code)
-		sc.bw.Flush()
-		sc.wmu.Unlock()
+		sc.w.control(ctlFrame{kind: ctlReset, id: st.id, val: uint32(code), sent: &st.rstSent})
 	} else {
-		sc.wmu.Lock()
-		st.rstSent = true // nothing more may be written on this stream
-		sc.wmu.Unlock()
+		sc.w.control(ctlFrame{kind: ctlMark, sent: &st.rstSent})
 	}
 	sc.writeWindowUpdates(0, connInc, 0)
 	if backend != nil {

@@ -105,8 +105,9 @@ func TestAdvertisedSettings(t *testing.T) {
 				t.Errorf("%v = %d, want %d", id, r.settings[id], v)
 			}
 		}
-		if r.win != DefaultConnWindow {
-			t.Errorf("connection WINDOW_UPDATE = %d, want %d", r.win, DefaultConnWindow)
+		// Like the server: 65,535 initial + the update = ConnWindow.
+		if r.win != DefaultConnWindow-65535 {
+			t.Errorf("connection WINDOW_UPDATE = %d, want %d", r.win, DefaultConnWindow-65535)
 		}
 		if r.settings[http2.SettingEnablePush] != 0 {
 			t.Error("client enables push")

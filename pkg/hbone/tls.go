@@ -43,6 +43,10 @@ func clientTLSConfig(svid *x509svid.SVID, bundles x509bundle.Source, dst spiffei
 	// verification below replaces them.
 	tlsconfig.HookMTLSClientConfig(cfg, staticSVID{svid}, bundles, authorizeExactly(dst))
 	cfg.MinVersion = tls.VersionTLS13
+	// Full-size records from the first byte: dynamic sizing helps a
+	// browser render early bytes, while a pooled tunnel only pays for the
+	// extra records and syscalls.
+	cfg.DynamicRecordSizingDisabled = true
 	// No ClientSessionCache: no resumption, which would skip the SPIFFE
 	// verification above.
 	return cfg
@@ -62,6 +66,7 @@ func serverTLSConfig(p identity.Provider, id spiffeid.ID, td spiffeid.TrustDomai
 	// VerifyPeerCertificate is skipped on resumed sessions: without tickets
 	// every connection is verified against the current bundle.
 	cfg.SessionTicketsDisabled = true
+	cfg.DynamicRecordSizingDisabled = true
 	cfg.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		ctx := hello.Context()
 		if ctx == nil {

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/palisade-net/palisade/pkg/hbone"
 )
 
 // copyBufSize is the size of the buffers used to move bytes between the two
@@ -45,9 +47,15 @@ func (bp *bufPool) copyHalf(dst, src net.Conn) (int64, error) {
 	var err error
 	dt, dok := dst.(*net.TCPConn)
 	st, sok := src.(*net.TCPConn)
-	if dok && sok {
+	switch hc, hok := src.(*hbone.Conn); {
+	case dok && sok:
 		n, err = dt.ReadFrom(st) // splice(2): no copy through user space
-	} else {
+	case hok:
+		// The tunnel's read loop writes straight into dst when the socket
+		// takes the bytes at once, without waking this goroutine; the
+		// count includes those bytes.
+		n, err = hc.WriteTo(dst)
+	default:
 		buf := bp.p.Get().(*[]byte)
 		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *buf)
 		bp.p.Put(buf)

@@ -1,0 +1,118 @@
+package nodeproxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/palisade-net/palisade/pkg/hbone"
+	"github.com/palisade-net/palisade/pkg/identity"
+)
+
+// TestPipeOverHBONE: the outbound relay between an app connection and an
+// HBONE stream (the tunnel → app direction takes hbone.Conn.WriteTo, whose
+// read loop writes into the app socket directly) carries both directions
+// byte-exact, propagates both half-closes and counts every byte.
+func TestPipeOverHBONE(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	src := spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/client")
+	dst := spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/server")
+	ca, err := identity.LoadOrCreateDevCA(t.TempDir(), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := identity.NewDevProvider(ca, time.Hour, nil)
+	t.Cleanup(func() { ids.Close() })
+
+	// Backend: read the request to EOF (the app's half-close must arrive),
+	// then answer and half-close.
+	bln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bln.Close()
+	resp := make([]byte, 3<<20)
+	rand.Read(resp)
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := bln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- b
+		c.Write(resp)
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	}()
+
+	srv, err := hbone.NewServer(hbone.ServerConfig{
+		Identity: dst, Identities: ids, TrustDomain: td,
+		Connect: func(ctx context.Context, req *hbone.Request) (net.Conn, int, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", req.Authority.String())
+			if err != nil {
+				return nil, http.StatusServiceUnavailable, err
+			}
+			return c, http.StatusOK, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(hln)
+	defer srv.Close()
+	pool, err := hbone.NewPool(hbone.PoolConfig{Identities: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	key := hbone.Key{Src: src, Dst: dst, DstAddr: netip.MustParseAddrPort(hln.Addr().String())}
+	up, err := pool.Dial(context.Background(), key, bln.Addr().String(), nil, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", hln.Addr().String())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	app, down := tcpPair(t)
+	type result struct{ ab, ba int64 }
+	done := make(chan result, 1)
+	go func() {
+		ab, ba, _ := newBufPool().pipe(down, up)
+		done <- result{ab, ba}
+	}()
+	req := make([]byte, 1<<20+17)
+	rand.Read(req)
+	app.Write(req)
+	app.(*net.TCPConn).CloseWrite()
+	app.SetReadDeadline(time.Now().Add(20 * time.Second))
+	back, err := io.ReadAll(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(<-got, req) {
+		t.Fatal("backend did not receive the request byte-exact")
+	}
+	if !bytes.Equal(back, resp) {
+		t.Fatalf("app got %d bytes, want %d", len(back), len(resp))
+	}
+	r := <-done
+	if r.ab != int64(len(req)) || r.ba != int64(len(resp)) {
+		t.Fatalf("counted %d/%d, want %d/%d", r.ab, r.ba, len(req), len(resp))
+	}
+}
