@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Palisade demo: two nodes, an enrolled namespace (shop) and a plain one.
 # Shows a request crossing nodes through an HBONE mutual-TLS tunnel, the
-# SPIFFE identities both node proxies verified, what is on the wire, and a
-# plain pod still reaching the enrolled server in permissive mode.
+# SPIFFE identities both node proxies verified, what is on the wire, an L7
+# policy judging requests that are encrypted on the wire, and a plain pod
+# still reaching the enrolled server in permissive mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/bin}
@@ -47,11 +48,16 @@ if grep -qa "$MARKER" "$CAP"; then
 fi
 echo "  the request body ($MARKER) does not appear anywhere in the capture: it was encrypted"
 
-bold "5. plain/visitor (not enrolled) calls the same server: permissive mode lets plaintext in"
+bold "5. L7 policy (examples/demo/policy.yaml): nothing under /admin, whoever asks"
+run lab exec --name "$NAME" shop/client -- curl -sS -w '  (HTTP %{http_code})\n' http://server/admin
+echo "node2 judged the decrypted request:"
+admin node2 /debug/requests | jq -r '.[] | select(.verdict=="denied") | "  denied \(.http.method) \(.http.path) from \(.sourceIdentity)\n  by \(.policy), rule \(.rule)"' | tail -2
+
+bold "6. plain/visitor (not enrolled) calls the same server: permissive mode lets plaintext in, policy still applies"
 run lab exec --name "$NAME" plain/visitor -- curl -sS http://server.shop/
 admin node2 /debug/flows | jq -r '.[] | select(.direction=="inbound-plaintext") | "  node2 saw: \(.source) -> \(.destination) in \(.transport), \(.verdict)"' | tail -1
 
-bold "6. Tear down: lab down removes every namespace, rule and process"
+bold "7. Tear down: lab down removes every namespace, rule and process"
 run lab down --name "$NAME"
 echo
 echo "Done. Next: sudo make test runs the end-to-end tests behind each of these claims."

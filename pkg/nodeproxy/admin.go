@@ -13,6 +13,8 @@ import (
 //
 //	GET /config_dump   workloads served, with identities
 //	GET /debug/flows   the most recent connection records
+//	GET /debug/requests the most recent L7 request records
+//	GET /policy        policy problems of the last compilation
 //	GET|PUT /logging   the log level (?level=debug|info|warn|error)
 //	/debug/pprof/      Go profiles
 func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
@@ -27,6 +29,12 @@ func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 	})
 	mux.HandleFunc("GET /debug/flows", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.Flows())
+	})
+	mux.HandleFunc("GET /debug/requests", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, p.Requests())
+	})
+	mux.HandleFunc("GET /policy", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{"problems": p.PolicyProblems()})
 	})
 	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
 		if l := r.URL.Query().Get("level"); l != "" && level != nil {

@@ -22,23 +22,26 @@ type Flow struct {
 	Transport    string    `json:"transport"`              // hbone or plaintext
 	Verdict      string    `json:"verdict"`                // allowed, denied, failed
 	Reason       string    `json:"reason,omitempty"`
-	BytesSent    int64     `json:"bytesSent"`     // towards the destination
-	BytesRecv    int64     `json:"bytesReceived"` // from the destination
+	Policy       string    `json:"policy,omitempty"`   // the policy that decided the connection
+	Rule         string    `json:"rule,omitempty"`     // its rule
+	Protocol     string    `json:"protocol,omitempty"` // the L7 inspector the connection ran through
+	BytesSent    int64     `json:"bytesSent"`          // towards the destination
+	BytesRecv    int64     `json:"bytesReceived"`      // from the destination
 }
 
-// flowRing keeps the last N flows.
-type flowRing struct {
+// ring keeps the last N records (flows, requests).
+type ring[T any] struct {
 	mu   sync.Mutex
-	buf  []Flow
+	buf  []T
 	next int
 	full bool
 }
 
-func newFlowRing(n int) *flowRing { return &flowRing{buf: make([]Flow, n)} }
+func newRing[T any](n int) *ring[T] { return &ring[T]{buf: make([]T, n)} }
 
-func (r *flowRing) add(f Flow) {
+func (r *ring[T]) add(v T) {
 	r.mu.Lock()
-	r.buf[r.next] = f
+	r.buf[r.next] = v
 	r.next++
 	if r.next == len(r.buf) {
 		r.next, r.full = 0, true
@@ -46,11 +49,11 @@ func (r *flowRing) add(f Flow) {
 	r.mu.Unlock()
 }
 
-// list returns the flows oldest first.
-func (r *flowRing) list() []Flow {
+// list returns the records oldest first.
+func (r *ring[T]) list() []T {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []Flow
+	var out []T
 	if r.full {
 		out = append(out, r.buf[r.next:]...)
 	}

@@ -12,6 +12,11 @@ type metrics struct {
 	recv   *prometheus.CounterVec
 	pods   prometheus.Gauge
 
+	requests       *prometheus.CounterVec
+	l7Errors       *prometheus.CounterVec
+	revoked        prometheus.Counter
+	policyProblems prometheus.Gauge
+
 	// byDir holds the per-direction counters resolved once, so the
 	// per-connection path does no label hashing.
 	byDir map[string]*dirMetrics
@@ -58,7 +63,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Enrolled workloads served by this node proxy.",
 		}),
 	}
-	reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.recv, m.pods)
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "palisade_l7_requests_total",
+		Help: "L7 requests judged by the node proxy, by direction, protocol (http/1.1, h2, grpc, kafka) and verdict.",
+	}, []string{"direction", "protocol", "verdict"})
+	m.l7Errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "palisade_l7_connection_errors_total",
+		Help: "Inspected connections ended because their traffic could not be parsed or was refused as a whole, by direction and protocol.",
+	}, []string{"direction", "protocol"})
+	m.revoked = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "palisade_tcp_connections_revoked_total",
+		Help: "Live connections closed because a policy change withdrew their allowance.",
+	})
+	m.policyProblems = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "palisade_policy_problems",
+		Help: "Problems the last policy compilation reported (invalid objects, unsupported fields).",
+	})
+	reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.recv, m.pods, m.requests, m.l7Errors, m.revoked, m.policyProblems)
 	m.byDir = map[string]*dirMetrics{}
 	for _, d := range []string{dirOutbound, dirInboundHBONE, dirInboundPlain} {
 		m.byDir[d] = &dirMetrics{

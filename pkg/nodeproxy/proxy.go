@@ -33,7 +33,9 @@ import (
 	"github.com/palisade-net/palisade/pkg/cluster"
 	"github.com/palisade-net/palisade/pkg/hbone"
 	"github.com/palisade-net/palisade/pkg/identity"
+	"github.com/palisade-net/palisade/pkg/l7"
 	"github.com/palisade-net/palisade/pkg/netns"
+	"github.com/palisade-net/palisade/pkg/policy"
 	"github.com/palisade-net/palisade/pkg/redirect"
 	"github.com/palisade-net/palisade/pkg/workload"
 )
@@ -49,26 +51,11 @@ const (
 // redirect rules never capture the proxy's own traffic.
 const DefaultMark = 0x539
 
-// Decision is the outcome of an authorization check.
-type Decision struct {
-	Allow  bool
-	Reason string // why, for logs and flow records
-	Rule   string // which rule decided, when one did
-}
-
-// Authorizer decides whether a source identity may open a connection to a
-// destination workload's port. The policy engine implements it; nil allows
-// everything.
-type Authorizer interface {
-	AuthorizeL4(src spiffeid.ID, dst *workload.Workload, port uint16) Decision
-}
-
 // Config configures a Proxy.
 type Config struct {
 	Node        string
 	TrustDomain spiffeid.TrustDomain
 	Identities  identity.Provider
-	Authorizer  Authorizer
 	// Mark is set on every socket; default DefaultMark.
 	Mark uint32
 	// DialTimeout bounds tunnel and backend dials; default 5s.
@@ -84,12 +71,19 @@ type Proxy struct {
 	log      *slog.Logger
 	pool     *hbone.Pool
 	bufs     *bufPool
-	flows    *flowRing
+	flows    *ring[Flow]
+	requests *ring[Request]
 	metrics  *metrics
 	registry *prometheus.Registry
 
 	index atomic.Pointer[workload.Index]
-	rr    sync.Map // service key -> *atomic.Uint64
+	// policy is the compiled policy set; live holds every connection
+	// under policy so that a change can close what it withdraws.
+	policy     atomic.Pointer[policy.Set]
+	live       liveSet
+	inspectors map[l7.Protocol]l7.ServeFunc
+	problems   atomic.Pointer[[]policy.Problem]
+	rr         sync.Map // service key -> *atomic.Uint64
 
 	mu       sync.Mutex
 	pods     map[string]*podProxy // by UID
@@ -118,7 +112,8 @@ func New(cfg Config) (*Proxy, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		bufs:     newBufPool(),
-		flows:    newFlowRing(1000),
+		flows:    newRing[Flow](1000),
+		requests: newRing[Request](1000),
 		metrics:  newMetrics(reg),
 		registry: reg,
 		pods:     map[string]*podProxy{},
@@ -132,19 +127,24 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.pool = pool
 	p.index.Store(workload.NewIndex(nil, nil))
+	p.inspectors = inspectors()
+	empty, _ := policy.Compile(nil)
+	p.policy.Store(empty)
 	return p, nil
 }
 
 // Registry returns the registry holding the proxy's metrics.
 func (p *Proxy) Registry() *prometheus.Registry { return p.registry }
 
-// UpdateCluster replaces the proxy's view of workloads and services.
+// UpdateCluster replaces the proxy's view of workloads, services and
+// policies, and closes live connections the new policies no longer allow.
 func (p *Proxy) UpdateCluster(s *cluster.Snapshot) {
 	pods := make([]workload.Pod, 0, len(s.Pods))
 	for _, pod := range s.Pods {
 		pods = append(pods, workload.Pod{Namespace: s.Namespace(pod.Namespace), Pod: pod})
 	}
 	p.index.Store(workload.NewIndex(pods, s.Services))
+	p.updatePolicy(s.Other)
 	p.haveCluster.Store(true)
 }
 
@@ -459,6 +459,10 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 		pp.refuse(c, &f, "loop", "connection to the proxy's own port")
 		return
 	}
+	a := pp.authorizeEgress(src, localIP(c), dst, target)
+	if !pp.admit(c, &f, a) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(pp.ctx, p.cfg.DialTimeout)
 	var up net.Conn
 	if dst != nil && dst.Enrolled {
@@ -492,7 +496,7 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 		pp.refuse(c, &f, "dial-failed", err.Error())
 		return
 	}
-	pp.relay(c, up, &f)
+	pp.relay(c, up, &f, a)
 }
 
 func isOwnPort(port uint16) bool {
@@ -512,13 +516,17 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		pp.record(&f, "bad-authority")
 		return nil, http.StatusBadRequest, errors.New(f.Reason)
 	}
-	if a := p.cfg.Authorizer; a != nil {
-		if d := a.AuthorizeL4(req.Peer, w, req.Authority.Port()); !d.Allow {
-			f.Verdict, f.Reason = "denied", d.Reason
-			pp.record(&f, "denied")
-			return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", d.Reason)
-		}
+	a := &authorized{p: p, direction: ingress, port: req.Authority.Port(),
+		src: p.peerEndpoint(req.Peer, req.Forwarded),
+		dst: p.localEndpoint(w, pp.id, req.Authority.Addr().Unmap())}
+	d := a.current()
+	f.Policy, f.Rule = d.Policy, d.Rule
+	if !d.Allow {
+		f.Verdict, f.Reason = "denied", d.Reason
+		pp.record(&f, "policy-denied")
+		return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", d.Reason)
 	}
+	a.proto, f.Protocol = d.Protocol, string(d.Protocol)
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	defer cancel()
 	up, err := pp.dialer().DialContext(dctx, "tcp", req.Authority.String())
@@ -528,9 +536,39 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		return nil, http.StatusServiceUnavailable, errors.New(f.Reason)
 	}
 	// Writes to the backend carry what the peer sent towards it.
-	return &countedConn{Conn: up, done: func(toBackend, fromBackend int64) {
-		p.finish(&f, toBackend, fromBackend)
-	}}, http.StatusOK, nil
+	backend := &countedConn{Conn: up, tw: hbone.NewTryWriter(up), done: func(toBackend, fromBackend int64) {
+		p.live.remove(a)
+		p.finish(&f, toBackend, fromBackend, a)
+	}}
+	if a.proto == l7.None {
+		a.end = func(reason string) {
+			a.revoke(reason)
+			backend.Close()
+		}
+		p.live.add(a)
+		return backend, http.StatusOK, nil
+	}
+	// The tunnel stream is spliced to one end of a socket pair; the
+	// inspector serves the other end and the app.
+	front, back, err := socketPair()
+	if err != nil {
+		backend.Close()
+		return nil, http.StatusServiceUnavailable, err
+	}
+	a.end = func(reason string) {
+		a.revoke(reason)
+		back.Close()
+		backend.Close()
+	}
+	p.live.add(a)
+	pp.wg.Add(1)
+	go func() {
+		defer pp.wg.Done()
+		if err := pp.inspect(back, backend, a, &f); err != nil {
+			a.fail(err)
+		}
+	}()
+	return front, http.StatusOK, nil
 }
 
 // handleInboundPlain serves plaintext arriving at the pod: allowed in
@@ -554,6 +592,12 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 		pp.refuse(c, &f, "plaintext-from-enrolled", fmt.Sprintf("plaintext from enrolled workload %s refused (it should arrive over HBONE)", src.Key()))
 		return
 	}
+	a := &authorized{p: p, direction: ingress, port: orig.Port(),
+		src: p.addrEndpoint(remoteIP(c)),
+		dst: p.localEndpoint(w, pp.id, orig.Addr().Unmap())}
+	if !pp.admit(c, &f, a) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(pp.ctx, p.cfg.DialTimeout)
 	up, err := pp.dialer().DialContext(ctx, "tcp", orig.String())
 	cancel()
@@ -561,11 +605,40 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 		pp.refuse(c, &f, "dial-failed", err.Error())
 		return
 	}
-	pp.relay(c, up, &f)
+	pp.relay(c, up, &f, a)
 }
 
-// relay pipes an accepted connection and its upstream and records the flow.
-func (pp *podProxy) relay(c, up net.Conn, f *Flow) {
+// authorizeEgress prepares the egress check of an outbound connection from
+// src (at srcIP) to target (dst is the destination's workload, nil when
+// unknown).
+func (pp *podProxy) authorizeEgress(src *workload.Workload, srcIP netip.Addr, dst *workload.Workload, target netip.AddrPort) *authorized {
+	p := pp.p
+	a := &authorized{p: p, direction: egress, port: target.Port(), src: p.localEndpoint(src, pp.id, srcIP)}
+	if dst != nil && dst.Enrolled {
+		id, _ := dst.Identity(p.cfg.TrustDomain)
+		a.dst = p.localEndpoint(dst, id, target.Addr().Unmap())
+	} else {
+		a.dst = p.addrEndpoint(target.Addr())
+	}
+	return a
+}
+
+// admit decides a connection's L4 allowance; a refusal resets c and is
+// recorded. On success the connection's protocol is fixed.
+func (pp *podProxy) admit(c net.Conn, f *Flow, a *authorized) bool {
+	d := a.current()
+	f.Policy, f.Rule = d.Policy, d.Rule
+	if !d.Allow {
+		pp.refuse(c, f, "policy-denied", d.Reason)
+		return false
+	}
+	a.proto, f.Protocol = d.Protocol, string(d.Protocol)
+	return true
+}
+
+// relay pipes an accepted connection and its upstream, through the
+// inspector when the connection's port has L7 rules, and records the flow.
+func (pp *podProxy) relay(c, up net.Conn, f *Flow, a *authorized) {
 	p := pp.p
 	if !pp.conns.add(up) {
 		up.Close()
@@ -573,16 +646,39 @@ func (pp *podProxy) relay(c, up net.Conn, f *Flow) {
 		return
 	}
 	defer pp.conns.remove(up)
+	a.end = func(reason string) {
+		a.revoke(reason)
+		reset(c)
+		up.Close()
+	}
+	p.live.add(a)
+	defer p.live.remove(a)
 	p.log.Debug("connection", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
-		"transport", f.Transport, "peer_identity", f.PeerIdentity)
-	sent, recv, _ := p.bufs.pipe(c, up)
-	p.finish(f, sent, recv)
+		"transport", f.Transport, "peer_identity", f.PeerIdentity, "protocol", f.Protocol)
+	if a.proto == l7.None {
+		sent, recv, _ := p.bufs.pipe(c, up)
+		p.finish(f, sent, recv, a)
+		return
+	}
+	cu := &countedConn{Conn: up, done: func(sent, recv int64) { p.finish(f, sent, recv, a) }}
+	if err := pp.inspect(c, cu, a, f); err != nil {
+		a.fail(err)
+	}
+	cu.Close()
 }
 
 // finish records an allowed connection that has ended: sent bytes went
-// towards the destination, recv came back from it.
-func (p *Proxy) finish(f *Flow, sent, recv int64) {
+// towards the destination, recv came back from it. A connection closed by
+// a policy change or ended by its inspector carries that reason.
+func (p *Proxy) finish(f *Flow, sent, recv int64, a *authorized) {
 	f.Verdict, f.BytesSent, f.BytesRecv = "allowed", sent, recv
+	if a != nil {
+		if r := a.revoked.Load(); r != nil {
+			f.Verdict, f.Reason = "revoked", *r
+		} else if r := a.failed.Load(); r != nil {
+			f.Reason = *r
+		}
+	}
 	f.Duration = time.Since(f.Start).String()
 	p.flows.add(*f)
 	m := p.metrics.dir(f.Direction)
@@ -678,6 +774,20 @@ type countedConn struct {
 	sent, recv atomic.Int64
 	once       sync.Once
 	done       func(sent, recv int64)
+	// tw, when set, lets the HBONE server's read loop write into the
+	// backend socket directly instead of handing each frame to the
+	// stream's goroutine (hbone.TryWriter).
+	tw hbone.TryWriter
+}
+
+// TryWrite writes what the backend takes without blocking (hbone.TryWriter).
+func (c *countedConn) TryWrite(p []byte) (int, error) {
+	if c.tw == nil {
+		return 0, nil
+	}
+	n, err := c.tw.TryWrite(p)
+	c.sent.Add(int64(n))
+	return n, err
 }
 
 func (c *countedConn) Read(b []byte) (int, error) {

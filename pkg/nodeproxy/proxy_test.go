@@ -27,7 +27,7 @@ func TestForwardedFor(t *testing.T) {
 }
 
 func TestFlowRing(t *testing.T) {
-	r := newFlowRing(3)
+	r := newRing[Flow](3)
 	if got := r.list(); len(got) != 0 {
 		t.Fatalf("empty ring lists %d", len(got))
 	}
@@ -122,10 +122,10 @@ func (h halfConn) CloseWrite() error { return h.TCPConn.CloseWrite() }
 
 func TestFinishRecordsFlowAndMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	p := &Proxy{flows: newFlowRing(4), metrics: newMetrics(reg)}
-	p.finish(&Flow{Direction: dirInboundHBONE, Start: time.Now()}, 100, 7)
-	p.finish(&Flow{Direction: dirInboundHBONE, Start: time.Now()}, 1, 1)
-	p.finish(&Flow{Direction: dirOutbound, Start: time.Now()}, 5, 5)
+	p := &Proxy{flows: newRing[Flow](4), metrics: newMetrics(reg)}
+	p.finish(&Flow{Direction: dirInboundHBONE, Start: time.Now()}, 100, 7, nil)
+	p.finish(&Flow{Direction: dirInboundHBONE, Start: time.Now()}, 1, 1, nil)
+	p.finish(&Flow{Direction: dirOutbound, Start: time.Now()}, 5, 5, nil)
 	if got := testutil.ToFloat64(p.metrics.closed.WithLabelValues(dirInboundHBONE)); got != 2 {
 		t.Errorf("closed inbound-hbone = %v, want 2", got)
 	}

@@ -50,6 +50,18 @@ type PortRules struct {
 	set  *ruleSet
 	peer string
 	port uint16
+	// denyingBy names the policies whose default deny refuses a request
+	// no rule allows; it becomes the verdict's Policy.
+	denyingBy string
+}
+
+// defaultDeny is the verdict for a request no rule allows.
+func (r *PortRules) defaultDeny(what string) l7.Verdict {
+	v := l7.Verdict{Policy: r.denyingBy, Reason: fmt.Sprintf("no rule allows %s on port %d for %s", what, r.port, r.peer)}
+	if r.denyingBy != "" {
+		v.Reason += " (default deny by " + r.denyingBy + ")"
+	}
+	return v
 }
 
 // Protocol returns the parser the port needs.
@@ -99,7 +111,7 @@ func (r *PortRules) HTTP(req *l7.HTTPRequest) l7.Verdict {
 		h, g = rs.http.first(req)
 	}
 	if h == nil && g == nil {
-		return l7.Verdict{Reason: fmt.Sprintf("no rule allows %s on port %d for %s", describeHTTP(req), r.port, r.peer)}
+		return r.defaultDeny(describeHTTP(req))
 	}
 	v.Allow = true
 	v.Policy, v.Rule = attribution(h, g)
@@ -188,7 +200,7 @@ func (r *PortRules) Kafka(req *l7.KafkaRequest) l7.Verdict {
 	if req.ClientID != "" {
 		what += " from client id " + strconv.Quote(req.ClientID)
 	}
-	return l7.Verdict{Reason: fmt.Sprintf("no rule allows %s on port %d for %s", what, r.port, r.peer)}
+	return r.defaultDeny(what)
 }
 
 func topicsPhrase(req *l7.KafkaRequest, topic string) string {

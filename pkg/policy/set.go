@@ -178,9 +178,10 @@ func (s *Set) decide(dir direction, local, peer *Endpoint, port uint16) Decision
 	}
 	if proto != l7.None {
 		d.Rules = &PortRules{
-			set:  s.ruleSet(proto, allowAll, allowBy, l7Allows, l7Denies),
-			peer: peer.describe(),
-			port: port,
+			set:       s.ruleSet(proto, allowAll, allowBy, l7Allows, l7Denies),
+			peer:      peer.describe(),
+			port:      port,
+			denyingBy: policyNames(pols, dir),
 		}
 	}
 	return d

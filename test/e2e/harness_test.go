@@ -296,6 +296,7 @@ type flow struct {
 	DstIdentity  string `json:"destinationIdentity"`
 	PeerIdentity string `json:"peerIdentity"`
 	Transport    string `json:"transport"`
+	Protocol     string `json:"protocol"`
 	Verdict      string `json:"verdict"`
 	Reason       string `json:"reason"`
 	BytesSent    int64  `json:"bytesSent"`

@@ -1,0 +1,120 @@
+package nodeproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/httpl7"
+	"github.com/palisade-net/palisade/pkg/l7/kafka"
+)
+
+// inspectors maps each protocol a port's rules can need to its inspector.
+func inspectors() map[l7.Protocol]l7.ServeFunc {
+	return map[l7.Protocol]l7.ServeFunc{
+		l7.HTTP:  httpl7.Serve,
+		l7.Kafka: kafka.Serve,
+	}
+}
+
+// Request is one L7 request the proxy judged, with the connection it came
+// on, as the admin endpoint lists it.
+type Request struct {
+	Time        time.Time       `json:"time"`
+	Direction   string          `json:"direction"`
+	Pod         string          `json:"pod"`
+	Source      string          `json:"source"`
+	Destination string          `json:"destination"`
+	SrcIdentity string          `json:"sourceIdentity,omitempty"`
+	Protocol    string          `json:"protocol"`
+	HTTP        *l7.HTTPRecord  `json:"http,omitempty"`
+	GRPC        *l7.GRPCRecord  `json:"grpc,omitempty"`
+	Kafka       *l7.KafkaRecord `json:"kafka,omitempty"`
+	Verdict     string          `json:"verdict"` // allowed or denied
+	Policy      string          `json:"policy,omitempty"`
+	Rule        string          `json:"rule,omitempty"`
+	Reason      string          `json:"reason,omitempty"`
+	Duration    string          `json:"duration"`
+}
+
+// Requests returns the most recent L7 request records, oldest first.
+func (p *Proxy) Requests() []Request { return p.requests.list() }
+
+// observe turns an inspector's record into a request record and metrics.
+func (p *Proxy) observe(f *Flow, r l7.Record) {
+	verdict := "allowed"
+	if !r.Verdict.Allow {
+		verdict = "denied"
+	}
+	p.requests.add(Request{
+		Time: r.Time, Direction: f.Direction, Pod: f.Pod, Source: f.Source, Destination: f.Destination,
+		SrcIdentity: f.SrcIdentity, Protocol: r.Protocol, HTTP: r.HTTP, GRPC: r.GRPC, Kafka: r.Kafka,
+		Verdict: verdict, Policy: r.Verdict.Policy, Rule: r.Verdict.Rule, Reason: r.Verdict.Reason,
+		Duration: r.Duration.String(),
+	})
+	p.metrics.requests.WithLabelValues(f.Direction, r.Protocol, verdict).Inc()
+	if !r.Verdict.Allow {
+		p.log.Info("request denied", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
+			"source_identity", f.SrcIdentity, "protocol", r.Protocol, "policy", r.Verdict.Policy, "rule", r.Verdict.Rule,
+			"reason", r.Verdict.Reason)
+	}
+	for _, msg := range r.Verdict.Logs {
+		p.log.Info("policy log", "pod", f.Pod, "src", f.Source, "protocol", r.Protocol, "policy", r.Verdict.Policy,
+			"rule", r.Verdict.Rule, "message", msg)
+	}
+}
+
+// inspect runs the connection's inspector between client and backend until
+// the connection ends; both are closed on return.
+func (pp *podProxy) inspect(client, backend net.Conn, a *authorized, f *Flow) error {
+	p := pp.p
+	serve := p.inspectors[a.proto]
+	if serve == nil {
+		client.Close()
+		backend.Close()
+		return fmt.Errorf("no inspector for protocol %q", a.proto)
+	}
+	s := &l7.Session{
+		Judge:   a,
+		Observe: func(r l7.Record) { p.observe(f, r) },
+		Log:     p.log.With("pod", f.Pod, "direction", f.Direction, "src", f.Source, "dst", f.Destination, "protocol", string(a.proto)),
+	}
+	err := serve(pp.ctx, client, backend, s)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		p.metrics.l7Errors.WithLabelValues(f.Direction, string(a.proto)).Inc()
+	}
+	return err
+}
+
+// socketPair returns the two ends of a connected unix stream socket pair.
+// The HBONE server splices a tunnel stream to a net.Conn; for inspected
+// connections that conn is one end of the pair and the inspector serves
+// the other, so the tunnel code needs no knowledge of L7.
+func socketPair() (net.Conn, net.Conn, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "l7-pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			if i == 1 {
+				conns[0].Close()
+			} else {
+				unix.Close(fds[1])
+			}
+			return nil, nil, fmt.Errorf("socketpair: %w", err)
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1], nil
+}
