@@ -330,6 +330,36 @@ func TestHTTPPolicy(t *testing.T) {
 		t.Errorf("deny record names policy %q rule %q, want shop/web and ingressDeny[0]", rec.Policy, rec.Rule)
 	}
 
+	// Malformed HTTP on a port with L7 rules is refused for that
+	// connection only, with the reason logged; others carry on.
+	vip, err := l.ServiceIP("shop", "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logOff := logSize(t, l, "node2")
+	ctx0, cancel0 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel0()
+	bad, err := dialFrom(ctx0, podNetns(t, l, "shop", "client"), vip.String()+":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(bad, "GET /public/a HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
+	reply, _ := io.ReadAll(bad)
+	bad.Close()
+	if !strings.HasPrefix(string(reply), "HTTP/1.1 400") {
+		t.Errorf("conflicting Content-Length: got %q, want a 400 and the connection closed", reply)
+	}
+	eventually(t, 5*time.Second, "node2 logs why the malformed connection was refused", func() error {
+		if s := logSince(t, l, "node2", logOff); !strings.Contains(s, "Content-Length") {
+			return errors.New("no log line naming the conflicting Content-Length")
+		}
+		return nil
+	})
+	if code, _ := curl(t, l, "shop/client", url+"/public/after"); code != 200 {
+		t.Errorf("a request after the malformed connection: %d", code)
+	}
+
 	// A source that no rule names is refused at L4: node2 answers the
 	// tunnel with 401 and node1 resets the app's connection.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
