@@ -2,6 +2,7 @@ package nodeproxy
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -157,6 +158,8 @@ func (p *Proxy) revalidate(set *policy.Set) {
 // the set in and closes live connections it withdraws. Objects that do not
 // compile are left out and logged once per distinct problem.
 func (p *Proxy) updatePolicy(objs []*unstructured.Unstructured) {
+	p.policyMu.Lock()
+	defer p.policyMu.Unlock()
 	set, problems := policy.Compile(objs)
 	old := p.problems.Swap(&problems)
 	for _, pr := range problems {
@@ -192,9 +195,12 @@ func (p *Proxy) localEndpoint(w *workload.Workload, id spiffeid.ID, ip netip.Add
 
 // peerEndpoint describes the source of an HBONE connection: its verified
 // SPIFFE ID and, when the client address it names belongs to a pod with
-// that same identity, the pod's labels. A pod address that does not match
-// the certificate is ignored: labels never come from an unverified claim.
-func (p *Proxy) peerEndpoint(peer spiffeid.ID, forwarded string) policy.Endpoint {
+// that same identity and is also the address the tunnel came from (source
+// proxies dial tunnels from inside the source pod's netns), the pod's
+// labels. Anything else is ignored: labels never come from an unverified
+// claim, and a certificate shared by several pods (one service account)
+// cannot borrow another pod's labels.
+func (p *Proxy) peerEndpoint(peer spiffeid.ID, forwarded string, remote net.Addr) policy.Endpoint {
 	e := policy.Endpoint{Identity: peer, InCluster: true}
 	if ns, sa, ok := identityParts(peer); ok {
 		e.Namespace, e.ServiceAccount = ns, sa
@@ -203,9 +209,13 @@ func (p *Proxy) peerEndpoint(peer spiffeid.ID, forwarded string) policy.Endpoint
 	if err != nil {
 		return e
 	}
-	if w := p.index.Load().Workload(ap.Addr().Unmap()); w != nil {
+	ip := ap.Addr().Unmap()
+	if ta, ok := remote.(*net.TCPAddr); !ok || ta.AddrPort().Addr().Unmap() != ip {
+		return e
+	}
+	if w := p.index.Load().Workload(ip); w != nil {
 		if id, err := w.Identity(p.cfg.TrustDomain); err == nil && id == peer {
-			e.Labels, e.NamespaceLabels, e.IP = w.Labels, w.NamespaceLabels, ap.Addr().Unmap()
+			e.Labels, e.NamespaceLabels, e.IP = w.Labels, w.NamespaceLabels, ip
 		}
 	}
 	return e

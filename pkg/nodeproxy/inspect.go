@@ -70,15 +70,22 @@ func (p *Proxy) observe(f *Flow, r l7.Record) {
 	}
 }
 
-// inspect runs the connection's inspector between client and backend until
-// the connection ends; both are closed on return.
-func (pp *podProxy) inspect(client, backend net.Conn, a *authorized, f *Flow) error {
+// inspectAndClose runs the connection's inspector between client and
+// backend until the connection ends, closes both, and returns the bytes
+// written to and read from the backend. An inspector error (malformed
+// traffic, a refused upgrade) is recorded on a before it returns, so the
+// flow record carries it.
+func (pp *podProxy) inspectAndClose(client net.Conn, backend *countedConn, a *authorized, f *Flow) (sent, recv int64) {
 	p := pp.p
-	serve := p.inspectors[a.proto]
-	if serve == nil {
+	defer func() {
 		client.Close()
 		backend.Close()
-		return fmt.Errorf("no inspector for protocol %q", a.proto)
+		sent, recv = backend.sent.Load(), backend.recv.Load()
+	}()
+	serve := p.inspectors[a.proto]
+	if serve == nil {
+		a.fail(fmt.Errorf("no inspector for protocol %q", a.proto))
+		return
 	}
 	s := &l7.Session{
 		Judge:   a,
@@ -86,10 +93,12 @@ func (pp *podProxy) inspect(client, backend net.Conn, a *authorized, f *Flow) er
 		Log:     p.log.With("pod", f.Pod, "direction", f.Direction, "src", f.Source, "dst", f.Destination, "protocol", string(a.proto)),
 	}
 	err := serve(pp.ctx, client, backend, s)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		p.metrics.l7Errors.WithLabelValues(f.Direction, string(a.proto)).Inc()
+	if err == nil || errors.Is(err, context.Canceled) || a.revoked.Load() != nil {
+		return
 	}
-	return err
+	a.fail(err)
+	p.metrics.l7Errors.WithLabelValues(f.Direction, string(a.proto)).Inc()
+	return
 }
 
 // socketPair returns the two ends of a connected unix stream socket pair.

@@ -80,6 +80,7 @@ type Proxy struct {
 	// policy is the compiled policy set; live holds every connection
 	// under policy so that a change can close what it withdraws.
 	policy     atomic.Pointer[policy.Set]
+	policyMu   sync.Mutex // serializes updatePolicy
 	live       liveSet
 	inspectors map[l7.Protocol]l7.ServeFunc
 	problems   atomic.Pointer[[]policy.Problem]
@@ -89,7 +90,13 @@ type Proxy struct {
 	pods     map[string]*podProxy // by UID
 	draining bool
 
-	haveCluster  atomic.Bool
+	haveCluster atomic.Bool
+	// clusterReady is closed by the first UpdateCluster. Until then the
+	// proxy knows neither which destinations are enrolled nor the
+	// policies, so connections wait for it (and are refused after
+	// DialTimeout) rather than being carried unencrypted or unjudged.
+	clusterReady chan struct{}
+	readyOnce    sync.Once
 	haveSnapshot atomic.Bool
 }
 
@@ -117,6 +124,8 @@ func New(cfg Config) (*Proxy, error) {
 		metrics:  newMetrics(reg),
 		registry: reg,
 		pods:     map[string]*podProxy{},
+
+		clusterReady: make(chan struct{}),
 	}
 	pool, err := hbone.NewPool(hbone.PoolConfig{
 		Identities: cfg.Identities,
@@ -146,7 +155,28 @@ func (p *Proxy) UpdateCluster(s *cluster.Snapshot) {
 	p.index.Store(workload.NewIndex(pods, s.Services))
 	p.updatePolicy(s.Other)
 	p.haveCluster.Store(true)
+	p.readyOnce.Do(func() { close(p.clusterReady) })
 }
+
+// waitCluster waits for the first cluster view, at most DialTimeout.
+func (pp *podProxy) waitCluster() bool {
+	select {
+	case <-pp.p.clusterReady:
+		return true
+	default:
+	}
+	t := time.NewTimer(pp.p.cfg.DialTimeout)
+	defer t.Stop()
+	select {
+	case <-pp.p.clusterReady:
+		return true
+	case <-t.C:
+	case <-pp.ctx.Done():
+	}
+	return false
+}
+
+const noClusterView = "the node proxy has no cluster view yet (destination enrollment and policy unknown)"
 
 // Ready reports whether the proxy has a cluster view and has received the
 // agent's snapshot of the node's workloads.
@@ -442,6 +472,10 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 		return
 	}
 	f.Destination = orig.String()
+	if !pp.waitCluster() {
+		pp.refuse(c, &f, "no-cluster-view", noClusterView)
+		return
+	}
 	ix := p.index.Load()
 	target := orig
 	dst := ix.Workload(orig.Addr())
@@ -459,7 +493,7 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 		pp.refuse(c, &f, "loop", "connection to the proxy's own port")
 		return
 	}
-	a := pp.authorizeEgress(src, localIP(c), dst, target)
+	a := pp.authorizeEgress(src, remoteIP(c), dst, target)
 	if !pp.admit(c, &f, a) {
 		return
 	}
@@ -477,7 +511,7 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 			Src:     pp.id,
 			Dst:     dstID,
 			DstAddr: netip.AddrPortFrom(target.Addr(), HBONEPort),
-			SrcIP:   localIP(c),
+			SrcIP:   remoteIP(c),
 		}
 		hdr := http.Header{"Forwarded": {fmt.Sprintf("for=%q", c.RemoteAddr().String())}}
 		d := pp.dialer()
@@ -516,11 +550,19 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		pp.record(&f, "bad-authority")
 		return nil, http.StatusBadRequest, errors.New(f.Reason)
 	}
+	if !pp.waitCluster() {
+		f.Verdict, f.Reason = "failed", noClusterView
+		pp.record(&f, "no-cluster-view")
+		return nil, http.StatusServiceUnavailable, errors.New(f.Reason)
+	}
 	a := &authorized{p: p, direction: ingress, port: req.Authority.Port(),
-		src: p.peerEndpoint(req.Peer, req.Forwarded),
+		src: p.peerEndpoint(req.Peer, req.Forwarded, req.RemoteAddr),
 		dst: p.localEndpoint(w, pp.id, req.Authority.Addr().Unmap())}
 	d := a.current()
 	f.Policy, f.Rule = d.Policy, d.Rule
+	if d.Allow && d.Protocol != l7.None && p.inspectors[d.Protocol] == nil {
+		d.Allow, d.Reason = false, fmt.Sprintf("port %d needs a %s parser this proxy does not have", a.port, d.Protocol)
+	}
 	if !d.Allow {
 		f.Verdict, f.Reason = "denied", d.Reason
 		pp.record(&f, "policy-denied")
@@ -535,40 +577,73 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		pp.record(&f, "backend-unreachable")
 		return nil, http.StatusServiceUnavailable, errors.New(f.Reason)
 	}
-	// Writes to the backend carry what the peer sent towards it.
-	backend := &countedConn{Conn: up, tw: hbone.NewTryWriter(up), done: func(toBackend, fromBackend int64) {
-		p.live.remove(a)
-		p.finish(&f, toBackend, fromBackend, a)
-	}}
 	if a.proto == l7.None {
+		// Writes to the backend carry what the peer sent towards it.
+		backend := &countedConn{Conn: up, tw: hbone.NewTryWriter(up), done: func(toBackend, fromBackend int64) {
+			p.live.remove(a)
+			p.finish(&f, toBackend, fromBackend, a)
+		}}
 		a.end = func(reason string) {
 			a.revoke(reason)
 			backend.Close()
 		}
-		p.live.add(a)
+		if !pp.register(a) {
+			backend.Close()
+			return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", *a.revoked.Load())
+		}
 		return backend, http.StatusOK, nil
 	}
 	// The tunnel stream is spliced to one end of a socket pair; the
-	// inspector serves the other end and the app.
+	// inspector serves the other end and the app. Closing front on
+	// revocation makes the tunnel stream end with a reset, not a clean
+	// end of stream.
 	front, back, err := socketPair()
 	if err != nil {
-		backend.Close()
+		up.Close()
+		f.Verdict, f.Reason = "failed", err.Error()
+		pp.record(&f, "internal-error")
 		return nil, http.StatusServiceUnavailable, err
 	}
+	backend := &countedConn{Conn: up}
 	a.end = func(reason string) {
 		a.revoke(reason)
+		front.Close()
 		back.Close()
 		backend.Close()
 	}
-	p.live.add(a)
+	if !pp.register(a) {
+		front.Close()
+		back.Close()
+		backend.Close()
+		p.finish(&f, 0, 0, a)
+		return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", *a.revoked.Load())
+	}
+	// pp.wg.Add runs in an HBONE stream goroutine; pp.stop and pp.drain
+	// shut the HBONE server down (which waits for its stream goroutines)
+	// before waiting on pp.wg, so the Add never races the Wait.
 	pp.wg.Add(1)
 	go func() {
 		defer pp.wg.Done()
-		if err := pp.inspect(back, backend, a, &f); err != nil {
-			a.fail(err)
-		}
+		sent, recv := pp.inspectAndClose(back, backend, a, &f)
+		p.live.remove(a)
+		p.finish(&f, sent, recv, a)
 	}()
 	return front, http.StatusOK, nil
+}
+
+// register adds a to the live connections and re-checks it against the
+// policy now current: a policy that arrived between the decision and the
+// registration has not seen the connection, so the check here closes the
+// gap (updatePolicy stores the set before it lists the live connections).
+// It reports false, with a revoked, when the connection must not proceed.
+func (pp *podProxy) register(a *authorized) bool {
+	pp.p.live.add(a)
+	if ok, reason := a.stillAllowed(pp.p.policy.Load()); !ok {
+		pp.p.live.remove(a)
+		a.revoke(reason)
+		return false
+	}
+	return true
 }
 
 // handleInboundPlain serves plaintext arriving at the pod: allowed in
@@ -584,6 +659,10 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 		return
 	}
 	f.Destination = orig.String()
+	if !pp.waitCluster() {
+		pp.refuse(c, &f, "no-cluster-view", noClusterView)
+		return
+	}
 	if w.Mode == workload.Strict {
 		pp.refuse(c, &f, "strict-mode", "plaintext refused: workload is in strict mode")
 		return
@@ -628,6 +707,9 @@ func (pp *podProxy) authorizeEgress(src *workload.Workload, srcIP netip.Addr, ds
 func (pp *podProxy) admit(c net.Conn, f *Flow, a *authorized) bool {
 	d := a.current()
 	f.Policy, f.Rule = d.Policy, d.Rule
+	if d.Allow && d.Protocol != l7.None && pp.p.inspectors[d.Protocol] == nil {
+		d.Allow, d.Reason = false, fmt.Sprintf("port %d needs a %s parser this proxy does not have", a.port, d.Protocol)
+	}
 	if !d.Allow {
 		pp.refuse(c, f, "policy-denied", d.Reason)
 		return false
@@ -651,7 +733,12 @@ func (pp *podProxy) relay(c, up net.Conn, f *Flow, a *authorized) {
 		reset(c)
 		up.Close()
 	}
-	p.live.add(a)
+	if !pp.register(a) {
+		reset(c)
+		up.Close()
+		p.finish(f, 0, 0, a)
+		return
+	}
 	defer p.live.remove(a)
 	p.log.Debug("connection", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
 		"transport", f.Transport, "peer_identity", f.PeerIdentity, "protocol", f.Protocol)
@@ -660,11 +747,8 @@ func (pp *podProxy) relay(c, up net.Conn, f *Flow, a *authorized) {
 		p.finish(f, sent, recv, a)
 		return
 	}
-	cu := &countedConn{Conn: up, done: func(sent, recv int64) { p.finish(f, sent, recv, a) }}
-	if err := pp.inspect(c, cu, a, f); err != nil {
-		a.fail(err)
-	}
-	cu.Close()
+	sent, recv := pp.inspectAndClose(c, &countedConn{Conn: up}, a, f)
+	p.finish(f, sent, recv, a)
 }
 
 // finish records an allowed connection that has ended: sent bytes went
@@ -676,7 +760,7 @@ func (p *Proxy) finish(f *Flow, sent, recv int64, a *authorized) {
 		if r := a.revoked.Load(); r != nil {
 			f.Verdict, f.Reason = "revoked", *r
 		} else if r := a.failed.Load(); r != nil {
-			f.Reason = *r
+			f.Verdict, f.Reason = "failed", *r
 		}
 	}
 	f.Duration = time.Since(f.Start).String()
@@ -812,7 +896,11 @@ func (c *countedConn) CloseWrite() error {
 
 func (c *countedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.done(c.sent.Load(), c.recv.Load()) })
+	c.once.Do(func() {
+		if c.done != nil {
+			c.done(c.sent.Load(), c.recv.Load())
+		}
+	})
 	return err
 }
 

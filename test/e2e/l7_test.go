@@ -203,15 +203,16 @@ func waitServiceReachable(t *testing.T, h *netns.Handle, addr string) {
 }
 
 // testTool returns the path of a Go test client built from the tools
-// module: $PALISADE_TEST_BIN (set by make), or built into .cache/test-bin.
+// module (tools/go.mod) into $PALISADE_TEST_BIN (set by make) or
+// .cache/test-bin, building it when it is not there yet.
 func testTool(t *testing.T, name, pkg string) string {
 	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := os.Getenv("PALISADE_TEST_BIN")
 	if dir == "" {
-		root, err := filepath.Abs("../..")
-		if err != nil {
-			t.Fatal(err)
-		}
 		dir = filepath.Join(root, ".cache", "test-bin")
 	}
 	path := filepath.Join(dir, name)
@@ -219,7 +220,7 @@ func testTool(t *testing.T, name, pkg string) string {
 		return path
 	}
 	cmd := exec.Command("go", "build", "-o", dir+"/", pkg)
-	cmd.Dir = filepath.Join(filepath.Dir(dir), "..", "tools")
+	cmd.Dir = filepath.Join(root, "tools")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building %s from the tools module: %v\n%s", name, err, out)
 	}
@@ -739,15 +740,14 @@ func TestEgressL7ToPlainDestinations(t *testing.T) {
 	}
 	// The connections left node1 in plaintext (the destination is outside
 	// the mesh), through the inspector.
-	var outbound int
-	for _, f := range flows(t, node1) {
-		if f.Direction == "outbound" && f.Transport == "plaintext" && f.Protocol == "http" {
-			outbound++
+	eventually(t, 5*time.Second, "node1 records the inspected plaintext egress flows", func() error {
+		for _, f := range flows(t, node1) {
+			if f.Direction == "outbound" && f.Transport == "plaintext" && f.Protocol == "http" {
+				return nil
+			}
 		}
-	}
-	if outbound == 0 {
-		t.Error("node1 recorded no plaintext outbound flow for the egress requests")
-	}
+		return errors.New("none yet")
+	})
 
 	// Kafka: produce to orders allowed, to secret refused by node1's proxy.
 	vip, err := l.ServiceIP("outside", "kafka")
