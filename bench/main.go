@@ -10,6 +10,12 @@
 //	direct    plain/client (node1) -> plain/server (node2)
 //	palisade  mesh/client (node1) -> node proxy node1 =HBONE mTLS=> node proxy node2 -> mesh/server (node2)
 //	haproxy   plain/client -> haproxy (client pod) =TLS 1.3, client cert=> haproxy (server pod) -> plain/server
+//	l7-10, l7-1000  the Palisade path with an L7Policy of 10 or 1,000 HTTP rules on the server's port
+//	same node  mesh/local-client (node2) -> node proxy node2 =HBONE=> node proxy node2 -> mesh/server
+//
+// Besides the fixed-rate latency runs it measures the highest rate each
+// path sustains (fortio at a 20,000 qps target over many connections) and
+// runs the policy engine's and the HTTP inspectors' Go benchmarks.
 //
 // Every packet stays inside the lab's network namespaces; the lab is torn
 // down when the run ends, fails or is interrupted.
@@ -28,6 +34,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -52,7 +60,47 @@ type config struct {
 	settle                           time.Duration
 	load                             loadSpec
 	noDoc                            bool
+
+	phases, paths         map[string]bool
+	maxLoad               loadSpec
+	maxTime, maxWarmup    time.Duration
+	goBenchCount          int
+	goBenchTime           time.Duration
+	maxResolution         float64
+	phasesFlag, pathsFlag string
 }
+
+// Phases and paths that --phases and --paths select from.
+var (
+	allPhases = []string{"gobench", "iperf", "latency", "one-conn", "max"}
+	allPaths  = []string{"direct", "palisade", "haproxy", "l7-10", "l7-1000", "same-node"}
+)
+
+// parseSet parses a comma-separated selection ("all" for every value).
+func parseSet(flagName, v string, valid []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		switch {
+		case f == "all":
+			for _, x := range valid {
+				out[x] = true
+			}
+		case slices.Contains(valid, f):
+			out[f] = true
+		case f != "":
+			return nil, fmt.Errorf("--%s: unknown %q (want a comma-separated list of %s, or all)", flagName, f, strings.Join(valid, ", "))
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--%s: nothing selected", flagName)
+	}
+	return out, nil
+}
+
+// full reports whether every phase and path is selected (only a full run
+// rewrites the results section of the markdown file).
+func (c *config) full() bool { return len(c.phases) == len(allPhases) && len(c.paths) == len(allPaths) }
 
 func main() {
 	var c config
@@ -76,7 +124,18 @@ func main() {
 	flag.IntVar(&c.load.QPS, "qps", 1000, "fortio request rate")
 	flag.IntVar(&c.load.Conns, "conns", 8, "fortio connections")
 	flag.IntVar(&c.load.Payload, "payload", 1024, "request body bytes (echoed back)")
+	flag.Float64Var(&c.load.Resolution, "fortio-resolution", 0.00001, "fortio histogram resolution (-r, seconds) of the fixed-rate runs: 10 µs buckets below 0.11 ms, growing to 0.5 ms at 2.5-5 ms")
+	flag.StringVar(&c.phasesFlag, "phases", "all", "what to measure, comma-separated: "+strings.Join(allPhases, ", ")+" (all: everything)")
+	flag.StringVar(&c.pathsFlag, "paths", "all", "paths to measure, comma-separated: "+strings.Join(allPaths, ", ")+" (all: everything); same-node adds the same-node rows of the max phase")
+	flag.IntVar(&c.maxLoad.QPS, "max-qps", 20000, "target rate of the maximum-rate runs (0: as fast as possible)")
+	flag.IntVar(&c.maxLoad.Conns, "max-conns", 64, "fortio connections of the maximum-rate runs")
+	flag.DurationVar(&c.maxTime, "max-time", 15*time.Second, "duration of each maximum-rate run")
+	flag.DurationVar(&c.maxWarmup, "max-warmup", 2*time.Second, "warm-up before each maximum-rate run")
+	flag.Float64Var(&c.maxResolution, "max-resolution", 0.0001, "fortio histogram resolution (-r, seconds) of the maximum-rate runs")
+	flag.IntVar(&c.goBenchCount, "gobench-count", 3, "runs of each Go benchmark (the median is reported)")
+	flag.DurationVar(&c.goBenchTime, "gobench-time", time.Second, "-test.benchtime of each Go benchmark run")
 	flag.Parse()
+	c.maxLoad.Payload = c.load.Payload
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -97,6 +156,17 @@ func run(ctx context.Context, c config) (err error) {
 	if c.rounds < 1 || c.fortioTime/time.Duration(c.rounds) < time.Second {
 		return errors.New("--rounds must be at least 1 and each round at least 1s of --fortio-time")
 	}
+	if c.phases, err = parseSet("phases", c.phasesFlag, allPhases); err != nil {
+		return err
+	}
+	if c.paths, err = parseSet("paths", c.pathsFlag, allPaths); err != nil {
+		return err
+	}
+	if !c.full() && !c.noDoc {
+		logf("partial run (--phases %s --paths %s): %s will not be touched", c.phasesFlag, c.pathsFlag, c.doc)
+		c.noDoc = true
+	}
+	c.maxLoad.Resolution = c.maxResolution
 	for _, p := range []*string{&c.binDir, &c.toolsDir, &c.doc, &c.results, &c.pprofDir} {
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
@@ -106,7 +176,15 @@ func run(ctx context.Context, c config) (err error) {
 	}
 	// Pods find fortio on PATH (lab.yaml); the lab passes our PATH on.
 	os.Setenv("PATH", c.toolsDir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	for _, t := range []string{"fortio", "iperf3", "haproxy", "openssl", "curl", "iptables-save"} {
+	// The lab's server pods run iperf3 and fortio (lab.yaml).
+	tools := []string{"fortio", "iperf3", "curl", "iptables-save"}
+	if c.paths["haproxy"] {
+		tools = append(tools, "haproxy", "openssl")
+	}
+	if c.phases["gobench"] {
+		tools = append(tools, "go")
+	}
+	for _, t := range tools {
 		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("%s not found (make bench installs it: PALISADE_BENCH_DEPS=1 scripts/install-deps.sh, make bench-tools)", t)
 		}
@@ -119,6 +197,24 @@ func run(ctx context.Context, c config) (err error) {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+
+	res := &results{Date: time.Now().UTC(), Machine: machine, Load: c.load,
+		IperfSeconds: c.iperfTime.Seconds(), FortioSeconds: c.fortioTime.Seconds(), Rounds: c.rounds, OneConnSeconds: c.oneConnTime.Seconds(),
+		MaxLoad: c.maxLoad, MaxSeconds: c.maxTime.Seconds(),
+		Phases: sortedKeys(c.phases), Paths: sortedKeys(c.paths), Full: c.full()}
+	res.Versions = toolVersions(ctx)
+
+	// The Go benchmarks first: they need no lab, fail fast when the tree
+	// does not build, and run while the host is as quiet as it gets.
+	if c.phases["gobench"] {
+		if res.GoBench, err = runGoBenchmarks(ctx, tmp, c.goBenchCount, c.goBenchTime); err != nil {
+			return err
+		}
+	}
+	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"]
+	if !needLab {
+		return finish(c, res)
+	}
 
 	objs, err := lab.Decode(labYAML)
 	if err != nil {
@@ -142,10 +238,6 @@ func run(ctx context.Context, c config) (err error) {
 		}
 	}()
 
-	res := &results{Date: time.Now().UTC(), Machine: machine, Load: c.load,
-		IperfSeconds: c.iperfTime.Seconds(), FortioSeconds: c.fortioTime.Seconds(), Rounds: c.rounds, OneConnSeconds: c.oneConnTime.Seconds()}
-	res.Versions = toolVersions(ctx)
-
 	st := l.Status()
 	nodeProxies := []procRef{}
 	for _, n := range st.Nodes {
@@ -162,6 +254,14 @@ func run(ctx context.Context, c config) (err error) {
 	if err != nil {
 		return err
 	}
+	plainFortio, err := fortioServer(l, "plain", "server")
+	if err != nil {
+		return err
+	}
+	meshFortio, err := fortioServer(l, "mesh", "server")
+	if err != nil {
+		return err
+	}
 
 	logf("idle %s: node proxies' idle CPU and RSS", c.settle)
 	if res.PalisadeIdleCPU, err = idleCPU(ctx, nodeProxies, c.settle); err != nil {
@@ -171,53 +271,98 @@ func run(ctx context.Context, c config) (err error) {
 		return err
 	}
 
-	logf("generating certificates and starting the HAProxy pair")
-	certs, err := makeCerts(ctx, tmp)
-	if err != nil {
-		return err
-	}
-	hp, err := startHAProxyPair(ctx, l, tmp, certs, "plain/client", "plain/server", serverIP.String())
-	if err != nil {
-		return err
-	}
-	defer hp.stop()
-	res.HAProxyTLS = hp.tls
-	if res.HAProxyIdleCPU, err = idleCPU(ctx, hp.procs, c.settle); err != nil {
-		return err
-	}
-	if res.HAProxyIdleRSS, err = rssMB(hp.procs); err != nil {
-		return err
+	var hp *haproxyPair
+	if c.paths["haproxy"] && (c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"]) {
+		logf("generating certificates and starting the HAProxy pair")
+		certs, err := makeCerts(ctx, tmp)
+		if err != nil {
+			return err
+		}
+		hp, err = startHAProxyPair(ctx, l, tmp, certs, "plain/client", "plain/server", serverIP.String())
+		if err != nil {
+			return err
+		}
+		defer hp.stop()
+		res.HAProxyTLS = hp.tls
+		if res.HAProxyIdleCPU, err = idleCPU(ctx, hp.procs, c.settle); err != nil {
+			return err
+		}
+		if res.HAProxyIdleRSS, err = rssMB(hp.procs); err != nil {
+			return err
+		}
 	}
 
-	scenarios := []*scenario{
-		{Key: "direct", Title: "direct", Client: "plain/client",
-			IperfHost: serverIP.String(), IperfPort: iperfPort,
-			URL: fmt.Sprintf("http://%s:%d/", serverIP, httpPort)},
-		{Key: "palisade", Title: "Palisade (HBONE)", Client: "mesh/client",
-			IperfHost: meshServerIP.String(), IperfPort: iperfPort,
-			URL: fmt.Sprintf("http://%s:%d/", meshServerIP, httpPort), Procs: nodeProxies},
-		{Key: "haproxy", Title: "HAProxy mTLS pair", Client: "plain/client",
+	url := func(ip fmt.Stringer, port int) string { return fmt.Sprintf("http://%s:%d%s", ip, port, echoPath) }
+	meshURL := url(meshServerIP, httpPort)
+	direct := &scenario{Key: "direct", Title: "direct", Client: "plain/client",
+		IperfHost: serverIP.String(), IperfPort: iperfPort, URL: url(serverIP, httpPort), Server: plainFortio}
+	palisade := &scenario{Key: "palisade", Title: "Palisade (HBONE)", Client: "mesh/client",
+		IperfHost: meshServerIP.String(), IperfPort: iperfPort, URL: meshURL, Procs: nodeProxies, Server: meshFortio,
+		Palisade: true, ClientNode: "node1", ServerNode: "node2"}
+	var scenarios []*scenario // the three-way comparison: iperf3, latency, one connection
+	for _, s := range []*scenario{direct, palisade} {
+		if c.paths[s.Key] {
+			scenarios = append(scenarios, s)
+		}
+	}
+	if hp != nil {
+		scenarios = append(scenarios, &scenario{Key: "haproxy", Title: "HAProxy mTLS pair", Client: "plain/client",
 			IperfHost: "127.0.0.1", IperfPort: hapIperfLocal,
-			URL: fmt.Sprintf("http://127.0.0.1:%d/", hapHTTPLocal), Procs: hp.procs},
+			URL: fmt.Sprintf("http://127.0.0.1:%d%s", hapHTTPLocal, echoPath), Procs: hp.procs, Server: plainFortio})
 	}
-	// check runs one measurement and verifies from the node proxies'
-	// counters that it took the path it claims.
-	before, err := palisadeCounters(ctx, l)
-	if err != nil {
-		return err
+	// The Palisade path with each L7 rule set (fortio only).
+	var l7s []*scenario
+	l7ByRules := map[int]*scenario{}
+	for _, n := range ruleSets {
+		s := &scenario{Key: fmt.Sprintf("l7-%d", n), Title: fmt.Sprintf("Palisade L7 ×%d", n), Client: "mesh/client",
+			URL: meshURL, Procs: nodeProxies, Server: meshFortio, Palisade: true, ClientNode: "node1", ServerNode: "node2", Rules: n}
+		l7ByRules[n] = s
+		if c.paths[s.Key] {
+			l7s = append(l7s, s)
+		}
 	}
-	check := func(s *scenario, what string, minConns int, fn func() error) error {
-		if err := fn(); err != nil {
+	pol := newPolicyCtl(l, "mesh/client", "node2", fmt.Sprintf("http://%s:%d", meshServerIP, httpPort))
+
+	// check runs one measurement with the scenario's policy in force and
+	// verifies from the node proxies' counters that it took the path it
+	// claims: through both node proxies over HBONE for Palisade, with every
+	// request judged and allowed by the L7 policy when there is one and
+	// none judged without; through no node proxy otherwise. fn returns the
+	// fortio result (nil for other runs), which gets the L7 counts.
+	check := func(s *scenario, what string, minConns int, fn func() (*fortioResult, error)) error {
+		if s.Palisade {
+			if err := pol.ensure(ctx, s.Rules); err != nil {
+				return fmt.Errorf("%s, %s: %w", s.Title, what, err)
+			}
+		}
+		before, err := palisadeCounters(ctx, l)
+		if err != nil {
+			return err
+		}
+		fr, err := fn()
+		if err != nil {
 			return fmt.Errorf("%s, %s: %w", s.Title, what, err)
 		}
 		after, err := palisadeCounters(ctx, l)
 		if err != nil {
 			return err
 		}
-		if err := checkCounters(s.Key, before, after, minConns); err != nil {
-			return fmt.Errorf("%s, %s: %w", s.Title, what, err)
+		var n int64
+		if fr != nil {
+			n = fr.Requests
 		}
-		before = after
+		allowed, denied, err := checkCounters(s, before, after, minConns, n)
+		if err != nil {
+			return fmt.Errorf("%s, %s: %w; results discarded", s.Title, what, err)
+		}
+		if s.Palisade && s.Rules > 0 {
+			if err := pol.recheck(ctx); err != nil {
+				return fmt.Errorf("%s, %s: after the run: %w; results discarded", s.Title, what, err)
+			}
+		}
+		if fr != nil {
+			fr.L7Allowed, fr.L7Denied = allowed, denied
+		}
 		return nil
 	}
 	// Nothing else captured our pods meanwhile (see checkEnrollment).
@@ -229,80 +374,95 @@ func run(ctx context.Context, c config) (err error) {
 	}
 
 	// Throughput, one path after the other.
-	for _, s := range scenarios {
-		var prof *profiler
-		if s.Key == "palisade" && c.pprofDir != "" {
-			prof = &profiler{l: l, dir: c.pprofDir}
-		}
-		logf("%s: iperf3, 1 stream, %s", s.Title, c.iperfTime)
-		err := check(s, "iperf3", 2, func() (err error) {
-			prof.start(ctx, "iperf", c.iperfTime)
-			s.Iperf, err = runIperf(ctx, l, s.Client, s.IperfHost, s.IperfPort, c.iperfTime, s.Procs)
-			prof.wait()
-			return errors.Join(err, prof.err())
-		})
-		if err != nil {
-			return err
-		}
-		logf("%s: %.2f Gbit/s", s.Title, s.Iperf.Gbps)
-	}
-	if err := recheck("iperf3 runs"); err != nil {
-		return err
-	}
-
-	// Latency: the measured time is split into rounds that take turns
-	// across the paths, so that a disturbance on this shared host (other
-	// processes, other labs) spreads over all of them; percentiles are the
-	// median over the rounds.
-	for _, s := range scenarios {
-		logf("%s: fortio warm-up %s", s.Title, c.warmup)
-		if err := check(s, "fortio warm-up", c.load.Conns, func() error {
-			_, err := runCmd(ctx, l, s.Client, c.load.args(c.warmup, s.URL, false)...)
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	round := c.fortioTime / time.Duration(c.rounds)
-	for i := range c.rounds {
+	if c.phases["iperf"] {
 		for _, s := range scenarios {
 			var prof *profiler
-			if s.Key == "palisade" && c.pprofDir != "" && i == 0 {
+			if s.Key == "palisade" && c.pprofDir != "" {
 				prof = &profiler{l: l, dir: c.pprofDir}
 			}
-			err := check(s, "fortio", c.load.Conns, func() error {
-				prof.start(ctx, "fortio", round)
-				r, err := runFortio(ctx, l, s.Client, s.URL, c.load, 0, round, s.Procs)
+			logf("%s: iperf3, 1 stream, %s", s.Title, c.iperfTime)
+			err := check(s, "iperf3", 2, func() (*fortioResult, error) {
+				prof.start(ctx, "iperf", c.iperfTime)
+				r, err := runIperf(ctx, l, s.Client, s.IperfHost, s.IperfPort, c.iperfTime, s.Procs)
+				s.Iperf = &r
 				prof.wait()
-				s.FortioRounds = append(s.FortioRounds, r)
-				return errors.Join(err, prof.err())
+				return nil, errors.Join(err, prof.err())
 			})
 			if err != nil {
 				return err
 			}
-			r := s.FortioRounds[i]
-			logf("%s: round %d/%d: fortio %d qps, %d connections, %d B bodies, %s: %.0f qps, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
-				s.Title, i+1, c.rounds, c.load.QPS, c.load.Conns, c.load.Payload, round, r.QPS, r.P50, r.P99, r.P999)
+			logf("%s: %.2f Gbit/s", s.Title, s.Iperf.Gbps)
+		}
+		if err := recheck("iperf3 runs"); err != nil {
+			return err
 		}
 	}
-	for _, s := range scenarios {
-		s.Fortio = aggregate(s.FortioRounds)
+
+	// Latency: the measured time is split into rounds that take turns
+	// across the paths (the L7 ones included: each switches the policy and
+	// waits until it is in force), so that a disturbance on this shared
+	// host (other processes, other labs) spreads over all of them;
+	// percentiles are the median over the rounds.
+	if c.phases["latency"] {
+		latency := append(slices.Clone(scenarios), l7s...)
+		for _, s := range latency {
+			logf("%s: fortio warm-up %s", s.Title, c.warmup)
+			if err := check(s, "fortio warm-up", c.load.Conns, func() (*fortioResult, error) {
+				_, err := runCmd(ctx, l, s.Client, c.load.args(c.warmup, s.URL, false)...)
+				return nil, err
+			}); err != nil {
+				return err
+			}
+		}
+		round := c.fortioTime / time.Duration(c.rounds)
+		for i := range c.rounds {
+			for _, s := range latency {
+				var prof *profiler
+				if s.Key == "palisade" && c.pprofDir != "" && i == 0 {
+					prof = &profiler{l: l, dir: c.pprofDir}
+				}
+				var r fortioResult
+				err := check(s, "fortio", c.load.Conns, func() (*fortioResult, error) {
+					prof.start(ctx, "fortio", round)
+					var err error
+					r, err = runFortio(ctx, l, s.Client, s.URL, c.load, 0, round, s.Procs, procRef{})
+					prof.wait()
+					return &r, errors.Join(err, prof.err())
+				})
+				if err != nil {
+					return err
+				}
+				s.FortioRounds = append(s.FortioRounds, r)
+				logf("%s: round %d/%d: fortio %d qps, %d connections, %d B bodies, %s: %.0f qps, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
+					s.Title, i+1, c.rounds, c.load.QPS, c.load.Conns, c.load.Payload, round, r.QPS, r.P50, r.P99, r.P999)
+			}
+		}
+		for _, s := range latency {
+			s.Fortio = aggregate(s.FortioRounds)
+		}
 	}
-	if c.oneConnTime > 0 {
+	if c.phases["one-conn"] && c.oneConnTime > 0 {
 		one := c.load
 		one.Conns = 1
 		for _, s := range scenarios {
 			logf("%s: fortio %d qps over 1 connection, %s", s.Title, one.QPS, c.oneConnTime)
-			if err := check(s, "fortio over 1 connection", 1, func() error {
-				r, err := runFortio(ctx, l, s.Client, s.URL, one, time.Second, c.oneConnTime, s.Procs)
+			if err := check(s, "fortio over 1 connection", 1, func() (*fortioResult, error) {
+				r, err := runFortio(ctx, l, s.Client, s.URL, one, time.Second, c.oneConnTime, s.Procs, procRef{})
 				s.FortioOneConn = &r
-				return err
+				return &r, err
 			}); err != nil {
 				return err
 			}
 		}
 	}
-	if err := recheck("fortio runs"); err != nil {
+	if c.phases["latency"] || c.phases["one-conn"] {
+		if err := recheck("fortio runs"); err != nil {
+			return err
+		}
+	}
+
+	// Idle again after the fixed-rate load, without L7 policy as before it.
+	if err := pol.ensure(ctx, 0); err != nil {
 		return err
 	}
 	logf("idle %s before reading RSS after load", c.settle)
@@ -310,8 +470,74 @@ func run(ctx context.Context, c config) (err error) {
 	if res.PalisadeAfterRSS, err = rssMB(nodeProxies); err != nil {
 		return err
 	}
-	if res.HAProxyAfterRSS, err = rssMB(hp.procs); err != nil {
-		return err
+	if hp != nil {
+		if res.HAProxyAfterRSS, err = rssMB(hp.procs); err != nil {
+			return err
+		}
+	}
+
+	// The highest rate: L4 paths first, then the L7 ones (one policy
+	// switch).
+	var maxOnly []*scenario // not in the other phases
+	if c.phases["max"] {
+		var maxRuns []*scenario
+		if c.paths["direct"] {
+			maxRuns = append(maxRuns, direct)
+		}
+		if c.paths["palisade"] {
+			maxRuns = append(maxRuns, palisade)
+		}
+		local := func(n int) *scenario {
+			title := "same node: Palisade L4"
+			if n > 0 {
+				title = fmt.Sprintf("same node: Palisade L7 ×%d", n)
+			}
+			return &scenario{Key: fmt.Sprintf("same-node-%s", map[bool]string{true: fmt.Sprintf("l7-%d", n), false: "l4"}[n > 0]),
+				Title: title, Client: "mesh/local-client", URL: meshURL, Procs: nodeProxies, Server: meshFortio,
+				Palisade: true, ClientNode: "node2", ServerNode: "node2", Rules: n, SameNode: true}
+		}
+		big := ruleSets[len(ruleSets)-1]
+		if c.paths["same-node"] {
+			maxRuns = append(maxRuns, local(0))
+		}
+		if s := l7ByRules[big]; c.paths[s.Key] {
+			maxRuns = append(maxRuns, s)
+		}
+		if c.paths["same-node"] {
+			maxRuns = append(maxRuns, local(big))
+		}
+		for _, s := range maxRuns {
+			logf("%s: fortio at a %d qps target, %d connections, %s (after %s warm-up)", s.Title, c.maxLoad.QPS, c.maxLoad.Conns, c.maxTime, c.maxWarmup)
+			err := check(s, "maximum rate", c.maxLoad.Conns, func() (*fortioResult, error) {
+				r, err := runFortio(ctx, l, s.Client, s.URL, c.maxLoad, c.maxWarmup, c.maxTime, s.Procs, s.Server)
+				s.Max = &r
+				return &r, err
+			})
+			if err != nil {
+				return err
+			}
+			r := s.Max
+			logf("%s: %.0f qps (target %d), p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, %d errors; CPU (cores): host busy %.2f of %d (softirq %.2f, steal %.2f), fortio client %.2f, server %.2f, node proxies %.2f + %.2f",
+				s.Title, r.QPS, c.maxLoad.QPS, r.P50, r.P99, r.P999, r.Errors, r.Host.Busy, machine.NProc, r.Host.Softirq, r.Host.Steal,
+				r.LoadGenCPU, r.ServerCPU, cpuAt(r.Usage.CPU, 0), cpuAt(r.Usage.CPU, 1))
+			if !slices.Contains(scenarios, s) && !slices.Contains(l7s, s) {
+				maxOnly = append(maxOnly, s)
+			}
+		}
+		if err := recheck("maximum-rate runs"); err != nil {
+			return err
+		}
+	}
+
+	if c.phases["max"] {
+		if err := pol.ensure(ctx, 0); err != nil {
+			return err
+		}
+		logf("idle %s before reading RSS after the maximum-rate runs", c.settle)
+		sleep(ctx, c.settle)
+		if res.PalisadeAfterMaxRSS, err = rssMB(nodeProxies); err != nil {
+			return err
+		}
 	}
 	if c.pprofDir != "" {
 		p := &profiler{l: l, dir: c.pprofDir}
@@ -323,9 +549,15 @@ func run(ctx context.Context, c config) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	res.Scenarios = scenarios
-	res.evaluate()
+	res.Scenarios = append(scenarios, l7s...)
+	res.Scenarios = append(res.Scenarios, maxOnly...)
+	res.PolicySwitches = pol.Switches
+	return finish(c, res)
+}
 
+// finish evaluates the targets, prints the table and writes the results.
+func finish(c config, res *results) error {
+	res.evaluate()
 	fmt.Println(res.text())
 	if err := os.MkdirAll(filepath.Dir(c.results), 0o755); err != nil {
 		return err
@@ -344,12 +576,46 @@ func run(ctx context.Context, c config) (err error) {
 	return nil
 }
 
+func sortedKeys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func cpuAt(a []float64, i int) float64 {
+	if i < len(a) {
+		return a[i]
+	}
+	return 0
+}
+
+// fortioServer finds the fortio server process of a pod.
+func fortioServer(l *lab.Lab, ns, name string) (procRef, error) {
+	p, err := l.Pod(ns, name)
+	if err != nil {
+		return procRef{}, err
+	}
+	for _, pid := range p.PIDs {
+		if pid == 0 {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && strings.TrimSpace(string(comm)) == "fortio" {
+			return procRef{fmt.Sprintf("fortio server %s/%s", ns, name), pid}, nil
+		}
+	}
+	return procRef{}, fmt.Errorf("no fortio process among the containers of %s/%s (pids %v)", ns, name, p.PIDs)
+}
+
 // upLab builds the lab and checks that its pods are enrolled as intended,
 // rebuilding it (up to three times) when Palisade's agent picked another
 // lab's namespace for one of them (see checkEnrollment).
 func upLab(ctx context.Context, cfg lab.Config) (*lab.Lab, error) {
 	for attempt := 1; ; attempt++ {
-		logf("building lab %q (2 nodes, 4 pods)", cfg.Name)
+		logf("building lab %q (%d pods)", cfg.Name, len(cfg.Objects.Pods))
 		l, err := lab.Up(ctx, cfg)
 		if errors.Is(err, lab.ErrExists) {
 			logf("a lab %q is left from an earlier run; tearing it down", cfg.Name)
@@ -396,21 +662,36 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// scenario is one of the three paths and what was measured on it.
+// scenario is one path and what was measured on it.
 type scenario struct {
-	Key       string      `json:"key"`
-	Title     string      `json:"title"`
-	Client    string      `json:"client"`
-	IperfHost string      `json:"iperfHost"`
-	IperfPort int         `json:"iperfPort"`
-	URL       string      `json:"url"`
-	Procs     []procRef   `json:"proxies,omitempty"`
-	Iperf     iperfResult `json:"iperf3"`
+	Key       string    `json:"key"`
+	Title     string    `json:"title"`
+	Client    string    `json:"client"`
+	IperfHost string    `json:"iperfHost,omitempty"`
+	IperfPort int       `json:"iperfPort,omitempty"`
+	URL       string    `json:"url"`
+	Procs     []procRef `json:"proxies,omitempty"`
+	// Server is the fortio server process (sampled in the maximum-rate
+	// runs).
+	Server procRef `json:"server"`
+	// Palisade paths go through node proxies: from ClientNode's (outbound)
+	// to ServerNode's (inbound HBONE), with an L7Policy of Rules HTTP rules
+	// on the server's port (0: none, the L4 tunnel). SameNode: both hops in
+	// one node proxy.
+	Palisade   bool   `json:"palisade"`
+	ClientNode string `json:"clientNode,omitempty"`
+	ServerNode string `json:"serverNode,omitempty"`
+	Rules      int    `json:"l7Rules"`
+	SameNode   bool   `json:"sameNode,omitempty"`
+
+	Iperf *iperfResult `json:"iperf3,omitempty"`
 	// Fortio aggregates FortioRounds: median percentiles, summed counts.
 	Fortio       fortioResult   `json:"fortio"`
-	FortioRounds []fortioResult `json:"fortioRounds"`
+	FortioRounds []fortioResult `json:"fortioRounds,omitempty"`
 	// FortioOneConn is the same rate over a single connection.
 	FortioOneConn *fortioResult `json:"fortioOneConn,omitempty"`
+	// Max is the maximum-rate run.
+	Max *fortioResult `json:"max,omitempty"`
 }
 
 // checkEnrollment makes sure the traffic paths are what they claim: the
@@ -524,8 +805,11 @@ func inodeOf(path string) (uint64, error) {
 }
 
 // counters are the node proxies' connection counters, by node and
-// direction.
+// direction ("node1/outbound"), and their L7 request counters, by node,
+// direction and verdict, summed over protocols ("node2/l7/inbound-hbone/allowed").
 type counters map[string]float64
+
+var labelRE = regexp.MustCompile(`(\w+)="([^"]*)"`)
 
 func palisadeCounters(ctx context.Context, l *lab.Lab) (counters, error) {
 	out := counters{}
@@ -535,39 +819,60 @@ func palisadeCounters(ctx context.Context, l *lab.Lab) (counters, error) {
 			return nil, fmt.Errorf("node proxy %s metrics: %w", n.Name, err)
 		}
 		for _, line := range strings.Split(string(data), "\n") {
-			rest, ok := strings.CutPrefix(line, "palisade_tcp_connections_opened_total{direction=\"")
+			name, rest, ok := strings.Cut(line, "{")
+			if !ok || (name != "palisade_tcp_connections_opened_total" && name != "palisade_l7_requests_total") {
+				continue
+			}
+			lbls, val, ok := strings.Cut(rest, "} ")
 			if !ok {
 				continue
 			}
-			dir, val, ok := strings.Cut(rest, "\"} ")
-			if !ok {
-				continue
+			lv := map[string]string{}
+			for _, m := range labelRE.FindAllStringSubmatch(lbls, -1) {
+				lv[m[1]] = m[2]
 			}
 			var v float64
 			fmt.Sscan(val, &v)
-			out[n.Name+"/"+dir] = v
+			if name == "palisade_tcp_connections_opened_total" {
+				out[n.Name+"/"+lv["direction"]] += v
+			} else {
+				out[n.Name+"/l7/"+lv["direction"]+"/"+lv["verdict"]] += v
+			}
 		}
 	}
 	return out, nil
 }
 
-// checkCounters verifies that a Palisade run went through both node proxies
-// over HBONE and that the other runs did not touch them.
-func checkCounters(key string, before, after counters, minConns int) error {
+// checkCounters verifies that a Palisade run went from the client's node
+// proxy over HBONE to the server's, with the L7 policy judging (and
+// allowing) every request when the path has one and judging none when it
+// has not, and that the other runs did not touch any node proxy. It
+// returns the L7 requests the server side allowed and denied.
+func checkCounters(s *scenario, before, after counters, minConns int, requests int64) (allowed, denied int64, err error) {
 	delta := func(k string) float64 { return after[k] - before[k] }
-	if key == "palisade" {
-		if delta("node1/outbound") < float64(minConns) || delta("node2/inbound-hbone") < float64(minConns) {
-			return fmt.Errorf("traffic did not go through Palisade: node1 outbound +%.0f, node2 inbound-hbone +%.0f connections (want >= %d; counters before %v, after %v)",
-				delta("node1/outbound"), delta("node2/inbound-hbone"), minConns, before, after)
+	if !s.Palisade {
+		for k := range after {
+			if d := delta(k); d != 0 {
+				return 0, 0, fmt.Errorf("the %s run went through a Palisade node proxy (%s +%.0f)", s.Key, k, d)
+			}
 		}
-		return nil
+		return 0, 0, nil
 	}
-	for k := range after {
-		if d := delta(k); d != 0 {
-			return fmt.Errorf("the %s run went through a Palisade node proxy (%s +%.0f)", key, k, d)
-		}
+	out, in := delta(s.ClientNode+"/outbound"), delta(s.ServerNode+"/inbound-hbone")
+	if out < float64(minConns) || in < float64(minConns) {
+		return 0, 0, fmt.Errorf("traffic did not go through Palisade: %s outbound +%.0f, %s inbound-hbone +%.0f connections (want >= %d; counters before %v, after %v)",
+			s.ClientNode, out, s.ServerNode, in, minConns, before, after)
 	}
-	return nil
+	allowed = int64(delta(s.ServerNode + "/l7/inbound-hbone/allowed"))
+	denied = int64(delta(s.ServerNode + "/l7/inbound-hbone/denied"))
+	switch {
+	case s.Rules > 0 && (allowed < max(requests, 1) || denied != 0):
+		return allowed, denied, fmt.Errorf("the L7 policy did not judge the run as expected: node proxy %s allowed %d and denied %d requests, fortio sent %d (want all allowed)",
+			s.ServerNode, allowed, denied, requests)
+	case s.Rules == 0 && allowed+denied != 0:
+		return allowed, denied, fmt.Errorf("an L7 policy judged %d requests during a run without one (node proxy %s)", allowed+denied, s.ServerNode)
+	}
+	return allowed, denied, nil
 }
 
 // profiler collects CPU profiles of both node proxies during a run; a nil
