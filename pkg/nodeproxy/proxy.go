@@ -799,14 +799,6 @@ func reset(c net.Conn) {
 	c.Close()
 }
 
-func localIP(c net.Conn) netip.Addr {
-	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	}
-	return netip.Addr{}
-}
-
 func remoteIP(c net.Conn) netip.Addr {
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ip, _ := netip.AddrFromSlice(a.IP)
