@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,118 +13,19 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
-// memConn is a client connection whose input is fixed and whose output
-// is collected.
-type memConn struct {
-	mu     sync.Mutex
-	r      *bytes.Reader
-	out    bytes.Buffer
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newMemConn(in []byte) *memConn {
-	return &memConn{r: bytes.NewReader(in), closed: make(chan struct{})}
-}
-
-func (c *memConn) Read(p []byte) (int, error) {
-	select {
-	case <-c.closed:
-		return 0, net.ErrClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.r.Read(p)
-}
-
-func (c *memConn) Write(p []byte) (int, error) {
-	select {
-	case <-c.closed:
-		return 0, net.ErrClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out.Write(p)
-}
-
-func (c *memConn) output() []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]byte(nil), c.out.Bytes()...)
-}
-
-func (c *memConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return nil
-}
-
-func (c *memConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *memConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *memConn) SetDeadline(time.Time) error      { return nil }
-func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
-
-// stubBackend is a backend connection that sends a server preface and
-// records what it is sent.
-type stubBackend struct {
-	mu     sync.Mutex
-	in     *bytes.Reader
-	out    bytes.Buffer
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newStubBackend() *stubBackend {
+// newStubBackend returns a backend connection that sends a server
+// preface, then stays idle, and keeps what it is sent.
+func newStubBackend() *l7test.MemConn {
 	var pre bytes.Buffer
 	fr := http2.NewFramer(&pre, nil)
 	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: 256}, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
 	_ = fr.WriteSettingsAck()
 	_ = fr.WriteWindowUpdate(0, 1<<20)
-	return &stubBackend{in: bytes.NewReader(pre.Bytes()), closed: make(chan struct{})}
+	return l7test.NewIdleMemConn(pre.Bytes())
 }
-
-func (c *stubBackend) Read(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.in.Len() > 0 {
-		defer c.mu.Unlock()
-		return c.in.Read(p)
-	}
-	c.mu.Unlock()
-	<-c.closed
-	return 0, io.EOF
-}
-
-func (c *stubBackend) Write(p []byte) (int, error) {
-	select {
-	case <-c.closed:
-		return 0, net.ErrClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out.Write(p)
-}
-
-func (c *stubBackend) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return nil
-}
-
-func (c *stubBackend) output() []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]byte(nil), c.out.Bytes()...)
-}
-
-func (c *stubBackend) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *stubBackend) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *stubBackend) SetDeadline(time.Time) error      { return nil }
-func (c *stubBackend) SetReadDeadline(time.Time) error  { return nil }
-func (c *stubBackend) SetWriteDeadline(time.Time) error { return nil }
 
 // checkForwarded decodes what the proxy sent the backend as the backend
 // would, and returns the requests in it. Any framing or HPACK error is an
@@ -231,17 +130,17 @@ func FuzzH2(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
 	}
-	judge := &stubJudge{deny: []string{"/deny", "deny", "/grpc.Svc/Deny"}}
+	judge := newJudge("/deny", "deny", "/grpc.Svc/Deny")
 	f.Fuzz(func(t *testing.T, in []byte) {
 		backend := newStubBackend()
-		client := newMemConn(append([]byte(http2.ClientPreface), in...))
+		client := l7test.NewMemConn(append([]byte(http2.ClientPreface), in...))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := Serve(ctx, client, backend, &l7.Session{Judge: judge})
 		if ctx.Err() != nil {
 			t.Fatalf("Serve hung on %x: %v", in, err)
 		}
-		reqs, err := checkForwarded(backend.output())
+		reqs, err := checkForwarded(backend.Output())
 		if err != nil {
 			t.Fatalf("forwarded stream does not decode: %v (input %x)", err, in)
 		}
@@ -250,7 +149,7 @@ func FuzzH2(f *testing.F) {
 				t.Fatalf("denied request reached the backend: %q (input %x)", r, in)
 			}
 		}
-		if err := checkClientOutput(client.output()); err != nil {
+		if err := checkClientOutput(client.Output()); err != nil {
 			t.Fatalf("client stream does not decode: %v (input %x)", err, in)
 		}
 	})
@@ -276,15 +175,15 @@ func checkClientOutput(b []byte) error {
 // allowed request of a seed forwarded, the denied one answered.
 func TestFuzzHarness(t *testing.T) {
 	backend := newStubBackend()
-	client := newMemConn(append([]byte(http2.ClientPreface), fuzzSeeds()[1]...))
-	if err := Serve(context.Background(), client, backend, &l7.Session{Judge: &stubJudge{deny: []string{"/deny"}}}); err != nil {
+	client := l7test.NewMemConn(append([]byte(http2.ClientPreface), fuzzSeeds()[1]...))
+	if err := Serve(context.Background(), client, backend, &l7.Session{Judge: newJudge("/deny")}); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	reqs, err := checkForwarded(backend.output())
+	reqs, err := checkForwarded(backend.Output())
 	if err != nil || len(reqs) != 1 || reqs[0] != "GET /ok a" {
 		t.Fatalf("forwarded %q, %v", reqs, err)
 	}
-	fr := http2.NewFramer(nil, bytes.NewReader(client.output()))
+	fr := http2.NewFramer(nil, bytes.NewReader(client.Output()))
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	var status string
 	var body []byte

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
 // testService implements the parts of grpc.testing.TestService the tests
@@ -70,19 +70,16 @@ func (testService) FullDuplexCall(s grpc.BidiStreamingServer[testpb.StreamingOut
 
 // grpcSetup starts a gRPC server (TestService and health) behind the
 // proxy and returns a client connection through it.
-func grpcSetup(t *testing.T, judge l7.Judge) (*proxy, *grpc.ClientConn) {
+func grpcSetup(t *testing.T, judge l7.Judge) (*l7test.Proxy, *grpc.ClientConn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := l7test.Listen(t)
 	srv := grpc.NewServer()
 	testpb.RegisterTestServiceServer(srv, testService{})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
 	p := startProxy(t, judge, ln.Addr().String())
-	cc, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient("passthrough:///"+p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +103,7 @@ func checkPermissionDenied(t *testing.T, err error) {
 // TestGRPC runs allowed and denied unary and streaming calls of a
 // grpc-go client against a grpc-go server through the proxy.
 func TestGRPC(t *testing.T) {
-	judge := &stubJudge{deny: []string{"/grpc.testing.TestService/EmptyCall", "/grpc.testing.TestService/FullDuplexCall"}}
+	judge := newJudge("/grpc.testing.TestService/EmptyCall", "/grpc.testing.TestService/FullDuplexCall")
 	p, cc := grpcSetup(t, judge)
 	client := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -193,7 +190,7 @@ func TestGRPC(t *testing.T) {
 	})
 
 	var allowedOK, denied int
-	for _, r := range p.recorded() {
+	for _, r := range p.Recorded() {
 		if r.Protocol != "grpc" || r.GRPC == nil {
 			t.Fatalf("record %+v", r)
 		}
@@ -213,7 +210,7 @@ func TestGRPC(t *testing.T) {
 
 // TestGRPCBidiAllowed runs a bidirectional stream through the proxy.
 func TestGRPCBidiAllowed(t *testing.T) {
-	_, cc := grpcSetup(t, &stubJudge{})
+	_, cc := grpcSetup(t, newJudge())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := testpb.NewTestServiceClient(cc).FullDuplexCall(ctx)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
 // TestConcurrentStreams runs allowed and denied requests concurrently on
@@ -19,9 +20,9 @@ import (
 // dynamic tables, so a desynchronised table would fail the decoding.
 func TestConcurrentStreams(t *testing.T) {
 	b := startBackend(t, nil)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+	p := startProxy(t, newJudge("/deny"), b.addr)
 	client := h2cClient(nil)
-	base := "http://" + p.addr
+	base := "http://" + p.Addr
 	// One request first, so that the rest share its connection.
 	if resp, _, err := do(t, client, "GET", base+"/warmup", nil); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("warmup: %v %v", resp, err)
@@ -85,21 +86,21 @@ func TestConcurrentStreams(t *testing.T) {
 			t.Errorf("%s %s: %d %q x-path %q custom %q", r.method, r.path, r.status, r.body, r.xpath, r.custom)
 		}
 	}
-	if n := p.acceptedConns(); n != 1 {
+	if n := p.AcceptedConns(); n != 1 {
 		t.Fatalf("%d connections, want 1", n)
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("a denied request reached the backend")
 	}
-	if n := len(b.requests()); n != 101 {
+	if n := len(b.Requests()); n != 101 {
 		t.Fatalf("backend saw %d requests, want 101", n)
 	}
-	recs := p.recorded()
+	recs := p.Recorded()
 	if len(recs) != 201 {
 		t.Fatalf("%d records, want 201", len(recs))
 	}
 	for _, r := range recs {
-		if r.Protocol != "h2" || r.HTTP == nil || r.HTTP.Host != p.addr {
+		if r.Protocol != "h2" || r.HTTP == nil || r.HTTP.Host != p.Addr {
 			t.Fatalf("record %+v", r)
 		}
 		denied := strings.HasPrefix(r.HTTP.Path, "/deny")
@@ -119,9 +120,9 @@ func TestFlowControl(t *testing.T) {
 	// The connection windows are the binding ones: streams get more.
 	small := &http.HTTP2Config{MaxReceiveBufferPerConnection: 64 << 10, MaxReceiveBufferPerStream: 1 << 20}
 	b := startBackend(t, small)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+	p := startProxy(t, newJudge("/deny"), b.addr)
 	client := h2cClient(small)
-	base := "http://" + p.addr
+	base := "http://" + p.Addr
 	for i := range 100 {
 		resp, body, err := do(t, client, "POST", fmt.Sprintf("%s/deny/%d", base, i), bytes.NewReader(make([]byte, 64<<10)))
 		if err != nil {
@@ -170,10 +171,10 @@ func TestFlowControl(t *testing.T) {
 	if total != 1<<20 {
 		t.Fatalf("slow download: %d bytes", total)
 	}
-	if n := p.acceptedConns(); n != 1 {
+	if n := p.AcceptedConns(); n != 1 {
 		t.Fatalf("%d connections, want 1", n)
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("a denied request reached the backend")
 	}
 }
@@ -227,7 +228,7 @@ func TestFlowBookkeeping(t *testing.T) {
 // sees and that protected headers are not edited.
 func TestHeaderEdits(t *testing.T) {
 	b := startBackend(t, nil)
-	judge := &stubJudge{edits: map[string][]l7.HeaderEdit{"/edit": {
+	judge := &l7test.Judge{Policy: testPolicy, Edits: map[string][]l7.HeaderEdit{"/edit": {
 		{Action: l7.HeaderAdd, Name: "X-Added", Value: "yes"},
 		{Action: l7.HeaderDelete, Name: "X-Secret"},
 		{Action: l7.HeaderReplace, Name: "x-replace", Value: "new"},
@@ -235,7 +236,7 @@ func TestHeaderEdits(t *testing.T) {
 		{Action: l7.HeaderAdd, Name: "Connection", Value: "close"},
 	}}}
 	p := startProxy(t, judge, b.addr)
-	req, _ := http.NewRequest("POST", "http://"+p.addr+"/edit", strings.NewReader("abc"))
+	req, _ := http.NewRequest("POST", "http://"+p.Addr+"/edit", strings.NewReader("abc"))
 	req.Header.Add("X-Secret", "1")
 	req.Header.Add("X-Secret", "2")
 	req.Header.Add("X-Replace", "old")
@@ -249,16 +250,16 @@ func TestHeaderEdits(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	seen := b.requests()[0]
+	seen := b.Requests()[0]
 	for k, want := range map[string]string{"X-Added": "yes", "X-Secret": "", "X-Replace": "new", "X-Keep": "k"} {
 		if got := strings.Join(seen.Header.Values(k), ","); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
-	if seen.BodyLen != 3 {
-		t.Errorf("body %d bytes", seen.BodyLen)
+	if len(seen.Body) != 3 {
+		t.Errorf("body %d bytes", len(seen.Body))
 	}
-	if !strings.Contains(p.logs.String(), "header edit skipped") {
+	if !strings.Contains(p.Logs.String(), "header edit skipped") {
 		t.Error("skipped edits not logged")
 	}
 }
@@ -266,14 +267,14 @@ func TestHeaderEdits(t *testing.T) {
 // TestDeniedHEAD checks that a denied HEAD gets headers only.
 func TestDeniedHEAD(t *testing.T) {
 	b := startBackend(t, nil)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+	p := startProxy(t, newJudge("/deny"), b.addr)
 	client := h2cClient(nil)
-	resp, body, err := do(t, client, "HEAD", "http://"+p.addr+"/deny", nil)
+	resp, body, err := do(t, client, "HEAD", "http://"+p.Addr+"/deny", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkDenied(t, resp, body, true)
-	if resp, _, err := do(t, client, "GET", "http://"+p.addr+"/status/204", nil); err != nil || resp.StatusCode != 204 {
+	if resp, _, err := do(t, client, "GET", "http://"+p.Addr+"/status/204", nil); err != nil || resp.StatusCode != 204 {
 		t.Fatalf("after HEAD: %v %v", resp, err)
 	}
 }
@@ -287,14 +288,14 @@ func TestHeaderTableSizes(t *testing.T) {
 		t.Run(fmt.Sprintf("backend %d client %d", tt.backend, tt.client), func(t *testing.T) {
 			// net/http treats 0 as "default"; 1 is as good as zero here.
 			b := startBackend(t, &http.HTTP2Config{MaxDecoderHeaderTableSize: max(tt.backend, 1), MaxEncoderHeaderTableSize: max(tt.backend, 1)})
-			p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+			p := startProxy(t, newJudge("/deny"), b.addr)
 			client := h2cClient(&http.HTTP2Config{MaxDecoderHeaderTableSize: max(tt.client, 1), MaxEncoderHeaderTableSize: max(tt.client, 1)})
 			for i := range 40 {
 				path := fmt.Sprintf("/ok/%d", i)
 				if i%3 == 1 {
 					path = fmt.Sprintf("/deny/%d", i)
 				}
-				req, _ := http.NewRequest("GET", "http://"+p.addr+path, nil)
+				req, _ := http.NewRequest("GET", "http://"+p.Addr+path, nil)
 				req.Header.Set("X-Big", strings.Repeat("b", 100+i%7))
 				req.Header.Set("X-Same", "same")
 				resp, err := client.Do(req)
@@ -310,7 +311,7 @@ func TestHeaderTableSizes(t *testing.T) {
 					t.Fatalf("%s: %d %v", path, resp.StatusCode, resp.Header)
 				}
 			}
-			for _, r := range b.requests() {
+			for _, r := range b.Requests() {
 				if r.Header.Get("X-Same") != "same" {
 					t.Fatalf("backend saw %v", r.Header)
 				}
@@ -324,9 +325,9 @@ func TestHeaderTableSizes(t *testing.T) {
 // frame inside a header block would be a connection error for the client.
 func TestContinuationWithDenials(t *testing.T) {
 	b := startBackend(t, nil)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+	p := startProxy(t, newJudge("/deny"), b.addr)
 	client := h2cClient(nil)
-	if _, _, err := do(t, client, "GET", "http://"+p.addr+"/warmup", nil); err != nil {
+	if _, _, err := do(t, client, "GET", "http://"+p.Addr+"/warmup", nil); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -339,7 +340,7 @@ func TestContinuationWithDenials(t *testing.T) {
 			if i%2 == 1 {
 				path = "/deny"
 			}
-			resp, body, err := do(t, client, "GET", "http://"+p.addr+path, nil)
+			resp, body, err := do(t, client, "GET", "http://"+p.Addr+path, nil)
 			switch {
 			case err != nil:
 				errs <- err
@@ -355,7 +356,7 @@ func TestContinuationWithDenials(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if n := p.acceptedConns(); n != 1 {
+	if n := p.AcceptedConns(); n != 1 {
 		t.Fatalf("%d connections", n)
 	}
 }

@@ -2,15 +2,15 @@ package h2
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
 // rawClient is a frame-level client of the proxy.
@@ -23,12 +23,7 @@ type rawClient struct {
 
 func dialRaw(t *testing.T, addr string) *rawClient {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := l7test.Dial(t, addr)
 	rc := &rawClient{conn: c, fr: http2.NewFramer(c, c)}
 	rc.fr.AllowIllegalWrites = true
 	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -97,7 +92,7 @@ func frameBytes(typ http2.FrameType, flags http2.Flags, id uint32, payload []byt
 // and returned; the next connection works.
 func TestMalformed(t *testing.T) {
 	b := startBackend(t, nil)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+	p := startProxy(t, newJudge("/deny"), b.addr)
 	preface := []byte(http2.ClientPreface)
 	settings := frameBytes(http2.FrameSettings, 0, 0, nil)
 	garbage := []byte{0xff, 0xff, 0xff, 0xff, 0x0f}
@@ -131,7 +126,7 @@ func TestMalformed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialRaw(t, p.addr)
+			c := dialRaw(t, p.Addr)
 			c.write(t, tt.input)
 			if tt.name == "truncated frame" {
 				_ = c.conn.(*net.TCPConn).CloseWrite()
@@ -141,14 +136,8 @@ func TestMalformed(t *testing.T) {
 				t.Fatalf("GOAWAY %v %q, want %v %q", ga.ErrCode, ga.DebugData(), tt.code, tt.reason)
 			}
 			c.expectClosed(t)
-			err := p.nextErr(t)
-			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tt.reason) {
-				t.Fatalf("Serve returned %v, want ErrMalformed with %q", err, tt.reason)
-			}
-			if !strings.Contains(p.logs.String(), tt.reason) {
-				t.Fatalf("reason %q not logged", tt.reason)
-			}
-			resp, body, err := do(t, h2cClient(nil), "GET", "http://"+p.addr+"/next", nil)
+			p.ExpectMalformed(t, ErrMalformed, tt.reason)
+			resp, body, err := do(t, h2cClient(nil), "GET", "http://"+p.Addr+"/next", nil)
 			if err != nil || resp.StatusCode != 200 {
 				t.Fatalf("next connection: %v %q", err, body)
 			}
@@ -160,7 +149,7 @@ func TestMalformed(t *testing.T) {
 // stream: the connection goes on.
 func TestMalformedStream(t *testing.T) {
 	b := startBackend(t, nil)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.addr)
+	p := startProxy(t, newJudge("/deny"), b.addr)
 	tests := []struct {
 		name  string
 		block []string
@@ -172,7 +161,7 @@ func TestMalformedStream(t *testing.T) {
 		{"uppercase name", []string{":method", "GET", ":scheme", "http", ":path", "/", ":authority", "a", "X-Upper", "1"}},
 		{"status in request", []string{":method", "GET", ":scheme", "http", ":path", "/", ":status", "200"}},
 	}
-	c := dialRaw(t, p.addr)
+	c := dialRaw(t, p.Addr)
 	c.start(t)
 	id := uint32(1)
 	for _, tt := range tests {
@@ -194,10 +183,10 @@ func TestMalformedStream(t *testing.T) {
 		}
 		id += 2
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("malformed request reached the backend")
 	}
-	if !strings.Contains(p.logs.String(), "host header disagrees") {
+	if !strings.Contains(p.Logs.String(), "host header disagrees") {
 		t.Fatal("reason not logged")
 	}
 }

@@ -1,17 +1,15 @@
 package h2
 
 import (
-	"context"
-	"errors"
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
 func fields(kv ...string) []hpack.HeaderField {
@@ -155,27 +153,17 @@ func TestContextCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, srv, be, &l7.Session{Judge: &stubJudge{}}) }()
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			if _, err := cl.Read(buf); err != nil {
-				return
+	l7test.ExpectCanceled(t, Serve, srv, be, &l7.Session{Judge: newJudge()}, func() {
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				if _, err := cl.Read(buf); err != nil {
+					return
+				}
 			}
-		}
-	}()
-	fr := http2.NewFramer(cl, nil)
-	_, _ = cl.Write([]byte(http2.ClientPreface))
-	_ = fr.WriteSettings()
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return")
-	}
+		}()
+		fr := http2.NewFramer(cl, nil)
+		_, _ = cl.Write([]byte(http2.ClientPreface))
+		_ = fr.WriteSettings()
+	})
 }

@@ -2,7 +2,6 @@ package http1
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -13,55 +12,14 @@ import (
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
-// memConn is a client connection whose input is fixed and whose output
-// is collected.
-type memConn struct {
-	r      *bytes.Reader
-	mu     sync.Mutex
-	out    bytes.Buffer
-	closed chan struct{}
-	once   sync.Once
-}
+// halfClosable is a client connection that can be half-closed, as
+// TCP connections are.
+type halfClosable struct{ *l7test.MemConn }
 
-func newMemConn(in []byte) *memConn {
-	return &memConn{r: bytes.NewReader(in), closed: make(chan struct{})}
-}
-
-func (c *memConn) Read(p []byte) (int, error) {
-	select {
-	case <-c.closed:
-		return 0, net.ErrClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.r.Read(p)
-}
-
-func (c *memConn) Write(p []byte) (int, error) {
-	select {
-	case <-c.closed:
-		return 0, net.ErrClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out.Write(p)
-}
-
-func (c *memConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return nil
-}
-
-func (c *memConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *memConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *memConn) SetDeadline(time.Time) error      { return nil }
-func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *memConn) CloseWrite() error                { return nil }
+func (halfClosable) CloseWrite() error { return nil }
 
 // fuzzBackend reads requests with net/http's parser and answers each; it
 // reports every request whose path the stub judge denies.
@@ -119,11 +77,11 @@ func FuzzHTTP1(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add([]byte(s))
 	}
-	judge := &stubJudge{deny: []string{"/deny", "deny"}, edits: map[string][]l7.HeaderEdit{
+	judge := &l7test.Judge{Policy: testPolicy, Deny: []string{"/deny", "deny"}, Edits: map[string][]l7.HeaderEdit{
 		"/edit": {{Action: l7.HeaderReplace, Name: "X-Edited", Value: "yes"}},
 	}}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		client := newMemConn(in)
+		client := halfClosable{l7test.NewMemConn(in)}
 		bc, bs := net.Pipe()
 		var mu sync.Mutex
 		var leaks []string

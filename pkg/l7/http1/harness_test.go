@@ -2,172 +2,44 @@ package http1
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
-// stubJudge denies paths with one of its prefixes and attaches edits to
-// paths with one of its edit prefixes.
-type stubJudge struct {
-	deny  []string
-	edits map[string][]l7.HeaderEdit
+// testPolicy is the policy the stub judge's verdicts name.
+const testPolicy = "L7Policy test/web"
+
+// newJudge returns a stub judge denying paths (and CONNECT authorities)
+// with one of the prefixes in deny.
+func newJudge(deny ...string) *l7test.Judge {
+	return &l7test.Judge{Policy: testPolicy, Deny: deny}
 }
 
-func (j *stubJudge) HTTP(r *l7.HTTPRequest) l7.Verdict {
-	for _, p := range j.deny {
-		if strings.HasPrefix(r.Path, p) || r.Path == "" && strings.HasPrefix(r.Host, p) {
-			return l7.Verdict{Policy: "L7Policy test/web", Rule: "spec.ingress[0].toPorts[0].rules.http[0]",
-				Reason: "path " + r.Path + " is not allowed"}
-		}
-	}
-	v := l7.Verdict{Allow: true, Policy: "L7Policy test/web", Rule: "spec.ingress[0].toPorts[0].rules.http[1]"}
-	for p, e := range j.edits {
-		if strings.HasPrefix(r.Path, p) {
-			v.Edits = append(v.Edits, e...)
-		}
-	}
-	return v
-}
-
-func (j *stubJudge) Kafka(*l7.KafkaRequest) l7.Verdict { return l7.Verdict{} }
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// seenRequest is a request as the backend received it.
-type seenRequest struct {
-	Method, Path string
-	Header       http.Header
-	Body         string
-	Trailer      http.Header
-}
-
-// proxy runs Serve for every connection accepted on a loopback listener,
-// towards backendAddr.
-type proxy struct {
-	t        *testing.T
-	addr     string
-	judge    l7.Judge
-	logs     logBuffer
-	mu       sync.Mutex
-	records  []l7.Record
-	errs     chan error
-	accepted int
-}
-
-func startProxy(t *testing.T, judge l7.Judge, backendAddr string) *proxy {
+// startProxy runs Serve for every connection accepted on a loopback
+// listener, towards backendAddr.
+func startProxy(t *testing.T, judge l7.Judge, backendAddr string) *l7test.Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{t: t, addr: ln.Addr().String(), judge: judge, errs: make(chan error, 100)}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			p.accepted++
-			p.mu.Unlock()
-			b, err := net.Dial("tcp", backendAddr)
-			if err != nil {
-				c.Close()
-				p.errs <- err
-				continue
-			}
-			s := &l7.Session{
-				Judge: p.judge,
-				Observe: func(r l7.Record) {
-					p.mu.Lock()
-					p.records = append(p.records, r)
-					p.mu.Unlock()
-				},
-				Log: slog.New(slog.NewTextHandler(&p.logs, nil)),
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := Serve(ctx, c, b, s)
-				select {
-				case p.errs <- err:
-				default:
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		ln.Close()
-		wg.Wait()
-	})
+	p := l7test.StartProxy(t, Serve, judge, backendAddr)
+	p.Wait = 5 * time.Second
 	return p
-}
-
-// nextErr returns the error of the next connection to end.
-func (p *proxy) nextErr(t *testing.T) error {
-	t.Helper()
-	select {
-	case err := <-p.errs:
-		return err
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return")
-		return nil
-	}
-}
-
-func (p *proxy) recorded() []l7.Record {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]l7.Record(nil), p.records...)
-}
-
-func (p *proxy) acceptedConns() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.accepted
 }
 
 // backend is an httptest server that records what it receives and
 // answers by path.
 type backend struct {
 	*httptest.Server
-	mu   sync.Mutex
-	seen []seenRequest
+	l7test.Backend
 }
 
 func startBackend(t *testing.T) *backend {
@@ -179,23 +51,16 @@ func startBackend(t *testing.T) *backend {
 func startBackendWith(t *testing.T, configure func(*http.Server)) *backend {
 	t.Helper()
 	b := &backend{}
-	b.Server = httptest.NewUnstartedServer(http.HandlerFunc(b.serveHTTP))
+	b.Respond = respond
+	b.Server = httptest.NewUnstartedServer(&b.Backend)
 	configure(b.Config)
 	b.Start()
 	t.Cleanup(b.Close)
 	return b
 }
 
-func (b *backend) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	b.mu.Lock()
-	b.seen = append(b.seen, seenRequest{Method: r.Method, Path: r.URL.RequestURI(), Header: r.Header.Clone(), Body: string(body), Trailer: r.Trailer.Clone()})
-	b.mu.Unlock()
-	w.Header().Set("X-Path", r.URL.RequestURI())
+// respond answers the backend's requests by path.
+func respond(w http.ResponseWriter, r *http.Request, body []byte) {
 	switch {
 	case r.URL.Path == "/status/204":
 		w.WriteHeader(http.StatusNoContent)
@@ -222,21 +87,6 @@ func (b *backend) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (b *backend) requests() []seenRequest {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]seenRequest(nil), b.seen...)
-}
-
-func (b *backend) sawPrefix(prefix string) bool {
-	for _, r := range b.requests() {
-		if strings.HasPrefix(r.Path, prefix) {
-			return true
-		}
-	}
-	return false
-}
-
 // rawConn is a raw client connection to the proxy.
 type rawConn struct {
 	net.Conn
@@ -245,12 +95,7 @@ type rawConn struct {
 
 func dialRaw(t *testing.T, addr string) *rawConn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := l7test.Dial(t, addr)
 	return &rawConn{Conn: c, br: bufio.NewReader(c)}
 }
 
@@ -296,27 +141,6 @@ func (c *rawConn) expectClosed(t *testing.T) {
 		t.Fatalf("connection not closed: %v (read %q)", err, rest)
 	}
 	c.Close()
-}
-
-// checkDenied asserts resp is the proxy's well-formed 403.
-func checkDenied(t *testing.T, resp *http.Response, body string, head bool) {
-	t.Helper()
-	if resp.StatusCode != l7.DeniedStatus {
-		t.Fatalf("status %d, want %d", resp.StatusCode, l7.DeniedStatus)
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != l7.DeniedContentType {
-		t.Fatalf("Content-Type %q", ct)
-	}
-	if resp.ContentLength != int64(len(l7.DeniedBody)) {
-		t.Fatalf("Content-Length %d", resp.ContentLength)
-	}
-	want := l7.DeniedBody
-	if head {
-		want = ""
-	}
-	if body != want {
-		t.Fatalf("body %q, want %q", body, want)
-	}
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

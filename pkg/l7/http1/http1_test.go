@@ -2,7 +2,6 @@ package http1
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
 func newClient() *http.Client {
@@ -52,9 +52,9 @@ func newRequest(t *testing.T, method, url string, body io.Reader) *http.Request 
 // bodies, over one kept-alive connection of a net/http client.
 func TestKeepAlive(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.Listener.Addr().String())
+	p := startProxy(t, newJudge("/deny"), b.Listener.Addr().String())
 	client := newClient()
-	base := "http://" + p.addr
+	base := "http://" + p.Addr
 	tests := []struct {
 		method, path, body string
 		status             int
@@ -78,23 +78,23 @@ func TestKeepAlive(t *testing.T) {
 			t.Fatalf("%s %s: status %d, want %d", tt.method, tt.path, resp.StatusCode, tt.status)
 		}
 		if tt.status == 403 {
-			checkDenied(t, resp, got, tt.method == "HEAD")
+			l7test.CheckDenied(t, resp, got, tt.method == "HEAD")
 		}
 		if i > 0 && !reused {
 			t.Fatalf("%s %s: connection not reused", tt.method, tt.path)
 		}
 	}
-	if p.acceptedConns() != 1 {
-		t.Fatalf("%d connections, want 1", p.acceptedConns())
+	if p.AcceptedConns() != 1 {
+		t.Fatalf("%d connections, want 1", p.AcceptedConns())
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("a denied request reached the backend")
 	}
-	seen := b.requests()
+	seen := b.Requests()
 	if len(seen) != 4 || seen[1].Body != tests[3].body {
 		t.Fatalf("backend saw %d requests (upload body %d bytes)", len(seen), len(seen[1].Body))
 	}
-	recs := p.recorded()
+	recs := p.Recorded()
 	if len(recs) != len(tests) {
 		t.Fatalf("%d records, want %d", len(recs), len(tests))
 	}
@@ -103,7 +103,7 @@ func TestKeepAlive(t *testing.T) {
 			r.HTTP.Method != tests[i].method || r.Verdict.Allow != (tests[i].status != 403) {
 			t.Fatalf("record %d = %+v %+v", i, r, r.HTTP)
 		}
-		if r.HTTP.Host != p.addr || r.Duration <= 0 {
+		if r.HTTP.Host != p.Addr || r.Duration <= 0 {
 			t.Fatalf("record %d host %q duration %v", i, r.HTTP.Host, r.Duration)
 		}
 		if !r.Verdict.Allow && r.Verdict.Reason == "" {
@@ -117,8 +117,8 @@ func TestKeepAlive(t *testing.T) {
 // is slow.
 func TestPipelining(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.Listener.Addr().String())
-	c := dialRaw(t, p.addr)
+	p := startProxy(t, newJudge("/deny"), b.Listener.Addr().String())
+	c := dialRaw(t, p.Addr)
 	c.send(t, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"+
 		"POST /deny/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"+
 		"POST /chunk HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"+
@@ -155,15 +155,15 @@ func TestPipelining(t *testing.T) {
 		}
 	}
 	c.expectClosed(t)
-	if err := p.nextErr(t); err != nil {
+	if err := p.NextErr(t); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	for _, r := range b.requests() {
+	for _, r := range b.Requests() {
 		if r.Path == "/chunk" && (r.Body != "abcde" || r.Trailer.Get("X-T") != "v") {
 			t.Fatalf("chunked request arrived as %q trailer %v", r.Body, r.Trailer)
 		}
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("a denied request reached the backend")
 	}
 }
@@ -172,7 +172,7 @@ func TestPipelining(t *testing.T) {
 // net/http) and reads a chunked response with trailers.
 func TestChunkedNetHTTP(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{}, b.Listener.Addr().String())
+	p := startProxy(t, newJudge(), b.Listener.Addr().String())
 	pr, pw := io.Pipe()
 	go func() {
 		for i := range 50 {
@@ -180,11 +180,11 @@ func TestChunkedNetHTTP(t *testing.T) {
 		}
 		pw.Close()
 	}()
-	resp, body, _ := do(t, newClient(), newRequest(t, "POST", "http://"+p.addr+"/stream", pr))
+	resp, body, _ := do(t, newClient(), newRequest(t, "POST", "http://"+p.Addr+"/stream", pr))
 	if resp.StatusCode != 200 || body != "ok POST /stream 50000" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
-	resp, body, _ = do(t, newClient(), newRequest(t, "GET", "http://"+p.addr+"/chunked", nil))
+	resp, body, _ = do(t, newClient(), newRequest(t, "GET", "http://"+p.Addr+"/chunked", nil))
 	if body != "part0;part1;part2;" || resp.Trailer.Get("X-Sum") != "3" {
 		t.Fatalf("got %q trailer %v", body, resp.Trailer)
 	}
@@ -196,7 +196,7 @@ func TestChunkedNetHTTP(t *testing.T) {
 // a connection that stays usable.
 func TestExpectContinue(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.Listener.Addr().String())
+	p := startProxy(t, newJudge("/deny"), b.Listener.Addr().String())
 	client := newClient() // ExpectContinueTimeout 5s
 	body := strings.Repeat("z", 50000)
 	tests := []struct {
@@ -209,7 +209,7 @@ func TestExpectContinue(t *testing.T) {
 		{"/upload2", 200},
 	}
 	for i, tt := range tests {
-		req := newRequest(t, "POST", "http://"+p.addr+tt.path, strings.NewReader(body))
+		req := newRequest(t, "POST", "http://"+p.Addr+tt.path, strings.NewReader(body))
 		req.Header.Set("Expect", "100-continue")
 		start := time.Now()
 		resp, got, reused := do(t, client, req)
@@ -220,14 +220,14 @@ func TestExpectContinue(t *testing.T) {
 			t.Fatalf("%s: took %v: the client waited for ExpectContinueTimeout", tt.path, time.Since(start))
 		}
 		if tt.status == 403 {
-			checkDenied(t, resp, got, false)
+			l7test.CheckDenied(t, resp, got, false)
 		}
 		if i > 0 && !reused {
 			t.Fatalf("%s: connection not reused", tt.path)
 		}
 	}
 	var sawExpect bool
-	for _, r := range b.requests() {
+	for _, r := range b.Requests() {
 		if r.Path == "/upload" {
 			sawExpect = r.Body == body
 		}
@@ -235,7 +235,7 @@ func TestExpectContinue(t *testing.T) {
 	if !sawExpect {
 		t.Fatal("allowed Expect request lost its body")
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("denied request reached the backend")
 	}
 }
@@ -244,8 +244,8 @@ func TestExpectContinue(t *testing.T) {
 // (with a Content-Length), 204, 304, followed by more requests.
 func TestNoBodyResponses(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{}, b.Listener.Addr().String())
-	c := dialRaw(t, p.addr)
+	p := startProxy(t, newJudge(), b.Listener.Addr().String())
+	c := dialRaw(t, p.Addr)
 	c.send(t, "HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n"+
 		"GET /status/204 HTTP/1.1\r\nHost: a\r\n\r\n"+
 		"GET /status/304 HTTP/1.1\r\nHost: a\r\n\r\n"+
@@ -270,7 +270,7 @@ func TestNoBodyResponses(t *testing.T) {
 // else arrives as the client wrote it.
 func TestHeaderEdits(t *testing.T) {
 	b := startBackend(t)
-	judge := &stubJudge{edits: map[string][]l7.HeaderEdit{"/edit": {
+	judge := &l7test.Judge{Policy: testPolicy, Edits: map[string][]l7.HeaderEdit{"/edit": {
 		{Action: l7.HeaderAdd, Name: "X-Added", Value: "yes"},
 		{Action: l7.HeaderDelete, Name: "x-secret"},
 		{Action: l7.HeaderReplace, Name: "X-Replace", Value: "new"},
@@ -279,13 +279,13 @@ func TestHeaderEdits(t *testing.T) {
 		{Action: l7.HeaderAdd, Name: "X-Inject", Value: "a\r\nX-Evil: 1"},
 	}}}
 	p := startProxy(t, judge, b.Listener.Addr().String())
-	c := dialRaw(t, p.addr)
+	c := dialRaw(t, p.Addr)
 	c.send(t, "POST /edit HTTP/1.1\r\nHost: a\r\nX-Secret: 1\r\nx-secret: 2\r\nX-Replace: old\r\nX-Replace: old2\r\nX-Keep: k\r\nContent-Length: 3\r\n\r\nabc")
 	resp, body := c.response(t, "POST")
 	if resp.StatusCode != 200 || body != "ok POST /edit 3" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
-	h := b.requests()[0].Header
+	h := b.Requests()[0].Header
 	checks := map[string][]string{
 		"X-Added": {"yes"}, "X-Secret": nil, "X-Replace": {"new"}, "X-Missing": {"set"},
 		"X-Keep": {"k"}, "X-Inject": nil, "X-Evil": nil,
@@ -295,7 +295,7 @@ func TestHeaderEdits(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
-	if !strings.Contains(p.logs.String(), "header edit skipped") {
+	if !strings.Contains(p.Logs.String(), "header edit skipped") {
 		t.Error("skipped edits not logged")
 	}
 }
@@ -306,10 +306,7 @@ func TestHeaderEdits(t *testing.T) {
 func TestUpgrade(t *testing.T) {
 	// A raw backend: 101 to /ws then echo; 200 to CONNECT then echo;
 	// anything else gets a response listing its Upgrade header.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := l7test.Listen(t)
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -320,23 +317,23 @@ func TestUpgrade(t *testing.T) {
 			go rawBackend(c)
 		}
 	}()
-	p := startProxy(t, &stubJudge{deny: []string{"/deny", "evil:"}}, ln.Addr().String())
+	p := startProxy(t, newJudge("/deny", "evil:"), ln.Addr().String())
 
 	t.Run("denied upgrade keeps connection", func(t *testing.T) {
-		c := dialRaw(t, p.addr)
+		c := dialRaw(t, p.Addr)
 		c.send(t, "GET /deny/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		resp, body := c.response(t, "GET")
-		checkDenied(t, resp, body, false)
+		l7test.CheckDenied(t, resp, body, false)
 		c.send(t, "GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
 		if resp, body := c.response(t, "GET"); resp.StatusCode != 200 || body != "upgrade=" {
 			t.Fatalf("after refusal: %d %q", resp.StatusCode, body)
 		}
-		if !strings.Contains(p.logs.String(), "upgrade refused") {
+		if !strings.Contains(p.Logs.String(), "upgrade refused") {
 			t.Fatal("refusal not logged")
 		}
 	})
 	t.Run("allowed websocket becomes a tunnel", func(t *testing.T) {
-		c := dialRaw(t, p.addr)
+		c := dialRaw(t, p.Addr)
 		c.send(t, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		resp := c.responseHead(t, "GET")
 		if resp.StatusCode != 101 {
@@ -349,17 +346,17 @@ func TestUpgrade(t *testing.T) {
 		}
 	})
 	t.Run("denied CONNECT keeps connection", func(t *testing.T) {
-		c := dialRaw(t, p.addr)
+		c := dialRaw(t, p.Addr)
 		c.send(t, "CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n")
 		resp, body := c.response(t, "CONNECT")
-		checkDenied(t, resp, body, false)
+		l7test.CheckDenied(t, resp, body, false)
 		c.send(t, "GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
 		if resp, _ := c.response(t, "GET"); resp.StatusCode != 200 {
 			t.Fatalf("after refusal: %d", resp.StatusCode)
 		}
 	})
 	t.Run("allowed CONNECT becomes a tunnel", func(t *testing.T) {
-		c := dialRaw(t, p.addr)
+		c := dialRaw(t, p.Addr)
 		c.send(t, "CONNECT good:443 HTTP/1.1\r\nHost: good:443\r\n\r\n")
 		if resp := c.responseHead(t, "CONNECT"); resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
@@ -371,7 +368,7 @@ func TestUpgrade(t *testing.T) {
 		}
 	})
 	t.Run("h2c upgrade offer is removed", func(t *testing.T) {
-		c := dialRaw(t, p.addr)
+		c := dialRaw(t, p.Addr)
 		c.send(t, "GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
 		resp, body := c.response(t, "GET")
 		if resp.StatusCode != 200 || body != "upgrade=" {
@@ -418,7 +415,7 @@ func rawBackend(c net.Conn) {
 // next connection works.
 func TestMalformed(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.Listener.Addr().String())
+	p := startProxy(t, newJudge("/deny"), b.Listener.Addr().String())
 	big := "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("b", 70<<10) + "\r\n\r\n"
 	tests := []struct {
 		name, input string
@@ -455,7 +452,7 @@ func TestMalformed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialRaw(t, p.addr)
+			c := dialRaw(t, p.Addr)
 			c.send(t, tt.input)
 			if tt.status != 0 {
 				resp, body := c.response(t, "GET")
@@ -467,26 +464,20 @@ func TestMalformed(t *testing.T) {
 				}
 			}
 			c.expectClosed(t)
-			err := p.nextErr(t)
-			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tt.reason) {
-				t.Fatalf("Serve returned %v, want ErrMalformed with %q", err, tt.reason)
-			}
-			if !strings.Contains(p.logs.String(), tt.reason) {
-				t.Fatalf("reason %q not logged", tt.reason)
-			}
+			p.ExpectMalformed(t, ErrMalformed, tt.reason)
 			// The next connection is unaffected.
-			c2 := dialRaw(t, p.addr)
+			c2 := dialRaw(t, p.Addr)
 			c2.send(t, "GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
 			if resp, _ := c2.response(t, "GET"); resp.StatusCode != 200 {
 				t.Fatalf("next connection: %d", resp.StatusCode)
 			}
 			c2.expectClosed(t)
-			if err := p.nextErr(t); err != nil {
+			if err := p.NextErr(t); err != nil {
 				t.Fatalf("next connection Serve: %v", err)
 			}
 		})
 	}
-	if b.sawPrefix("/deny") {
+	if b.SawPrefix("/deny") {
 		t.Fatal("a denied request reached the backend")
 	}
 }
@@ -495,14 +486,14 @@ func TestMalformed(t *testing.T) {
 // connection closes the client's, and Serve reports a clean end.
 func TestBackendIdleClose(t *testing.T) {
 	b := startBackendWith(t, func(s *http.Server) { s.IdleTimeout = 100 * time.Millisecond })
-	p := startProxy(t, &stubJudge{}, b.Listener.Addr().String())
-	c := dialRaw(t, p.addr)
+	p := startProxy(t, newJudge(), b.Listener.Addr().String())
+	c := dialRaw(t, p.Addr)
 	c.send(t, "GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
 	if resp, _ := c.response(t, "GET"); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	c.expectClosed(t)
-	if err := p.nextErr(t); err != nil {
+	if err := p.NextErr(t); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 }
@@ -510,10 +501,7 @@ func TestBackendIdleClose(t *testing.T) {
 // TestBadResponse checks that a malformed backend response gives the
 // client a 502 and closes the connection.
 func TestBadResponse(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := l7test.Listen(t)
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		c, err := ln.Accept()
@@ -525,14 +513,14 @@ func TestBadResponse(t *testing.T) {
 		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
 		time.Sleep(time.Second)
 	}()
-	p := startProxy(t, &stubJudge{}, ln.Addr().String())
-	c := dialRaw(t, p.addr)
+	p := startProxy(t, newJudge(), ln.Addr().String())
+	c := dialRaw(t, p.Addr)
 	c.send(t, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	if resp, _ := c.response(t, "GET"); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	c.expectClosed(t)
-	if err := p.nextErr(t); !errors.Is(err, ErrMalformed) {
+	if err := p.NextErr(t); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("Serve: %v", err)
 	}
 }
@@ -545,20 +533,10 @@ func TestContextCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, srv, be, &l7.Session{Judge: &stubJudge{}}) }()
-	go func() { _, _ = io.Copy(io.Discard, cl) }()
-	_, _ = io.WriteString(cl, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return")
-	}
+	l7test.ExpectCanceled(t, Serve, srv, be, &l7.Session{Judge: newJudge()}, func() {
+		go func() { _, _ = io.Copy(io.Discard, cl) }()
+		_, _ = io.WriteString(cl, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+	})
 }
 
 // TestDeniedLargeBody checks that a denied request declaring a large body
@@ -566,19 +544,19 @@ func TestContextCancel(t *testing.T) {
 // connection then closes.
 func TestDeniedLargeBody(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{deny: []string{"/deny"}}, b.Listener.Addr().String())
-	c := dialRaw(t, p.addr)
+	p := startProxy(t, newJudge("/deny"), b.Listener.Addr().String())
+	c := dialRaw(t, p.Addr)
 	c.send(t, "POST /deny/big HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000\r\n\r\nonly a little")
 	resp, body := c.response(t, "POST")
-	checkDenied(t, resp, body, false)
+	l7test.CheckDenied(t, resp, body, false)
 	if !resp.Close {
 		t.Fatal("403 to a large body does not close the connection")
 	}
 	c.expectClosed(t)
-	if err := p.nextErr(t); err != nil {
+	if err := p.NextErr(t); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	if len(b.requests()) != 0 {
+	if len(b.Requests()) != 0 {
 		t.Fatal("the backend saw a request")
 	}
 }
@@ -642,8 +620,8 @@ func TestChunkSize(t *testing.T) {
 // final one, and framing continues after them.
 func TestInterimResponses(t *testing.T) {
 	b := startBackend(t)
-	p := startProxy(t, &stubJudge{}, b.Listener.Addr().String())
-	c := dialRaw(t, p.addr)
+	p := startProxy(t, newJudge(), b.Listener.Addr().String())
+	c := dialRaw(t, p.Addr)
 	c.send(t, "GET /early HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
 	hints := c.responseHead(t, "GET")
 	if hints.StatusCode != http.StatusEarlyHints || hints.Header.Get("Link") == "" {
@@ -655,7 +633,7 @@ func TestInterimResponses(t *testing.T) {
 	if resp, body := c.response(t, "GET"); resp.StatusCode != 200 || body != "ok GET /next 0" {
 		t.Fatalf("next %d %q", resp.StatusCode, body)
 	}
-	recs := p.recorded()
+	recs := p.Recorded()
 	if len(recs) != 2 || recs[0].HTTP.Status != 200 {
 		t.Fatalf("records %+v", recs)
 	}

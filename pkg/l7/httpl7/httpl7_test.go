@@ -2,127 +2,42 @@ package httpl7
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/l7/internal/l7test"
 )
 
-type stubJudge struct{}
+// judge denies paths under /deny.
+var judge = &l7test.Judge{Deny: []string{"/deny"}}
 
-func (stubJudge) HTTP(r *l7.HTTPRequest) l7.Verdict {
-	if strings.HasPrefix(r.Path, "/deny") {
-		return l7.Verdict{Reason: "denied by test"}
-	}
-	return l7.Verdict{Allow: true}
-}
-
-func (stubJudge) Kafka(*l7.KafkaRequest) l7.Verdict { return l7.Verdict{} }
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// setup starts a backend speaking HTTP/1.1 and h2c and a proxy running
-// Serve in front of it; it returns the proxy's address, the Serve errors
-// and the log.
-func setup(t *testing.T) (string, chan error, *logBuffer, *[]l7.Record) {
+// setup starts a backend speaking HTTP/1.1 and h2c, answering with the
+// protocol and path of each request, and a proxy running Serve in front
+// of it.
+func setup(t *testing.T) *l7test.Proxy {
 	t.Helper()
-	bl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backend := l7test.StartServer(t, &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s", r.Proto, r.URL.Path)
-	})}
-	go func() { _ = srv.Serve(bl) }()
-	t.Cleanup(func() { srv.Close() })
-
-	pl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make(chan error, 100)
-	logs := &logBuffer{}
-	var mu sync.Mutex
-	var recs []l7.Record
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := pl.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", bl.Addr().String())
-			if err != nil {
-				c.Close()
-				continue
-			}
-			s := &l7.Session{Judge: stubJudge{}, Log: slog.New(slog.NewTextHandler(logs, nil)), Observe: func(r l7.Record) {
-				mu.Lock()
-				recs = append(recs, r)
-				mu.Unlock()
-			}}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- Serve(ctx, c, b, s)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		pl.Close()
-		wg.Wait()
-	})
-	return pl.Addr().String(), errs, logs, &recs
-}
-
-func nextErr(t *testing.T, errs chan error) error {
-	t.Helper()
-	select {
-	case err := <-errs:
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return")
-		return nil
-	}
+	})})
+	return l7test.StartProxy(t, Serve, judge, backend)
 }
 
 // TestDispatch checks that HTTP/1.1 and h2c clients both reach the
 // backend through the right inspector, denials included.
 func TestDispatch(t *testing.T) {
-	addr, _, _, recs := setup(t)
+	p := setup(t)
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	clients := map[string]*http.Client{
@@ -131,7 +46,7 @@ func TestDispatch(t *testing.T) {
 	}
 	for proto, client := range clients {
 		for _, path := range []string{"/ok", "/deny/x"} {
-			resp, err := client.Get("http://" + addr + path)
+			resp, err := client.Get("http://" + p.Addr + path)
 			if err != nil {
 				t.Fatalf("%s %s: %v", proto, path, err)
 			}
@@ -150,7 +65,7 @@ func TestDispatch(t *testing.T) {
 		}
 	}
 	protocols := map[string]int{}
-	for _, r := range *recs {
+	for _, r := range p.Recorded() {
 		protocols[r.Protocol]++
 	}
 	if protocols["http/1.1"] != 2 || protocols["h2"] != 2 {
@@ -161,13 +76,13 @@ func TestDispatch(t *testing.T) {
 // TestSniffKeepsBytes sends the first bytes one at a time, including
 // ones that start like the HTTP/2 preface, and checks nothing is lost.
 func TestSniffKeepsBytes(t *testing.T) {
-	addr, errs, _, _ := setup(t)
+	p := setup(t)
 	for _, req := range []string{
 		"PUT /put HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
 		"PRIX /weird HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
 		"GET /get HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
 	} {
-		c, err := net.Dial("tcp", addr)
+		c, err := net.Dial("tcp", p.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +101,7 @@ func TestSniffKeepsBytes(t *testing.T) {
 			t.Fatalf("%q: %d %q", req, resp.StatusCode, body)
 		}
 		c.Close()
-		if err := nextErr(t, errs); err != nil {
+		if err := p.NextErr(t); err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
 	}
@@ -194,17 +109,17 @@ func TestSniffKeepsBytes(t *testing.T) {
 
 // TestTLSRefused checks that a TLS handshake is refused with the reason.
 func TestTLSRefused(t *testing.T) {
-	addr, errs, logs, _ := setup(t)
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "x"})
+	p := setup(t)
+	conn, err := tls.Dial("tcp", p.Addr, &tls.Config{InsecureSkipVerify: true, ServerName: "x"})
 	if err == nil {
 		conn.Close()
 		t.Fatal("TLS handshake succeeded")
 	}
-	if err := nextErr(t, errs); !errors.Is(err, ErrTLS) {
+	if err := p.NextErr(t); !errors.Is(err, ErrTLS) {
 		t.Fatalf("Serve: %v", err)
 	}
-	if !strings.Contains(logs.String(), "TLS inside the tunnel cannot be inspected") {
-		t.Fatalf("reason not logged: %s", logs.String())
+	if !strings.Contains(p.Logs.String(), "TLS inside the tunnel cannot be inspected") {
+		t.Fatalf("reason not logged: %s", p.Logs.String())
 	}
 }
 
@@ -212,29 +127,26 @@ func TestTLSRefused(t *testing.T) {
 // the client closing, the backend closing, ctx ending.
 func TestQuietEnds(t *testing.T) {
 	t.Run("client closes", func(t *testing.T) {
-		addr, errs, _, _ := setup(t)
-		c, err := net.Dial("tcp", addr)
+		p := setup(t)
+		c, err := net.Dial("tcp", p.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.Close()
-		if err := nextErr(t, errs); err != nil {
+		if err := p.NextErr(t); err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
 	})
 	t.Run("backend closes", func(t *testing.T) {
 		cl, cs := net.Pipe()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := l7test.Listen(t)
 		defer ln.Close()
 		bs, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		done := make(chan error, 1)
-		go func() { done <- Serve(context.Background(), cs, bs, &l7.Session{Judge: stubJudge{}}) }()
+		go func() { done <- Serve(context.Background(), cs, bs, &l7.Session{Judge: judge}) }()
 		bl, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -251,18 +163,7 @@ func TestQuietEnds(t *testing.T) {
 	t.Run("context ends", func(t *testing.T) {
 		_, cs := net.Pipe()
 		_, bs := net.Pipe()
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- Serve(ctx, cs, bs, &l7.Session{Judge: stubJudge{}}) }()
-		cancel()
-		select {
-		case err := <-done:
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("Serve: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("Serve did not return")
-		}
+		l7test.ExpectCanceled(t, Serve, cs, bs, &l7.Session{Judge: judge}, nil)
 	})
 }
 
