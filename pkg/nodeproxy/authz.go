@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/palisade-net/palisade/pkg/l7"
@@ -160,6 +161,13 @@ func (p *Proxy) revalidate(set *policy.Set) {
 func (p *Proxy) updatePolicy(objs []*unstructured.Unstructured) {
 	p.policyMu.Lock()
 	defer p.policyMu.Unlock()
+	// Most snapshots change pods, not policies: keeping the compiled set
+	// keeps every live connection's cached decision and skips re-deciding
+	// them all.
+	if p.policy.Load() != nil && equality.Semantic.DeepEqual(p.policyObjs, policyObjects(objs)) {
+		return
+	}
+	p.policyObjs = policyObjects(objs)
 	set, problems := policy.Compile(objs)
 	old := p.problems.Swap(&problems)
 	for _, pr := range problems {
@@ -170,6 +178,17 @@ func (p *Proxy) updatePolicy(objs []*unstructured.Unstructured) {
 	p.metrics.policyProblems.Set(float64(len(problems)))
 	p.policy.Store(set)
 	p.revalidate(set)
+}
+
+// policyObjects returns the objects of objs that are policies.
+func policyObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if policy.IsPolicy(o) {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // PolicyProblems returns what the last policy compilation reported.

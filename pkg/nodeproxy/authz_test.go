@@ -241,3 +241,18 @@ func TestInspectorFailureReachesTheFlowRecord(t *testing.T) {
 		t.Fatalf("flow records %+v, want one failed flow naming the reason", got)
 	}
 }
+
+// A snapshot whose policies did not change keeps the compiled set, so live
+// connections keep their cached decisions; a changed policy replaces it.
+func TestUnchangedPoliciesKeepTheSet(t *testing.T) {
+	p := testProxy(t, map[string]string{"client": "10.0.0.1", "web": "10.0.0.3"}, allowClientL4)
+	before := p.policy.Load()
+	p.updatePolicy(toObjects(t, allowClientL4))
+	if p.policy.Load() != before {
+		t.Fatal("an identical policy snapshot recompiled the set")
+	}
+	p.updatePolicy(toObjects(t, allowClientHTTP))
+	if p.policy.Load() == before {
+		t.Fatal("a changed policy did not replace the set")
+	}
+}

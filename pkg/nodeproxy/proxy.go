@@ -29,6 +29,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/palisade-net/palisade/pkg/cluster"
 	"github.com/palisade-net/palisade/pkg/hbone"
@@ -80,7 +81,8 @@ type Proxy struct {
 	// policy is the compiled policy set; live holds every connection
 	// under policy so that a change can close what it withdraws.
 	policy     atomic.Pointer[policy.Set]
-	policyMu   sync.Mutex // serializes updatePolicy
+	policyMu   sync.Mutex                   // serializes updatePolicy
+	policyObjs []*unstructured.Unstructured // what policy was compiled from; policyMu
 	live       liveSet
 	inspectors map[l7.Protocol]l7.ServeFunc
 	problems   atomic.Pointer[[]policy.Problem]
@@ -558,17 +560,11 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 	a := &authorized{p: p, direction: ingress, port: req.Authority.Port(),
 		src: p.peerEndpoint(req.Peer, req.Forwarded, req.RemoteAddr),
 		dst: p.localEndpoint(w, pp.id, req.Authority.Addr().Unmap())}
-	d := a.current()
-	f.Policy, f.Rule = d.Policy, d.Rule
-	if d.Allow && d.Protocol != l7.None && p.inspectors[d.Protocol] == nil {
-		d.Allow, d.Reason = false, fmt.Sprintf("port %d needs a %s parser this proxy does not have", a.port, d.Protocol)
-	}
-	if !d.Allow {
+	if d := pp.admission(a, &f); !d.Allow {
 		f.Verdict, f.Reason = "denied", d.Reason
 		pp.record(&f, "policy-denied")
 		return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", d.Reason)
 	}
-	a.proto, f.Protocol = d.Protocol, string(d.Protocol)
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	defer cancel()
 	up, err := pp.dialer().DialContext(dctx, "tcp", req.Authority.String())
@@ -705,17 +701,26 @@ func (pp *podProxy) authorizeEgress(src *workload.Workload, srcIP netip.Addr, ds
 // admit decides a connection's L4 allowance; a refusal resets c and is
 // recorded. On success the connection's protocol is fixed.
 func (pp *podProxy) admit(c net.Conn, f *Flow, a *authorized) bool {
-	d := a.current()
-	f.Policy, f.Rule = d.Policy, d.Rule
-	if d.Allow && d.Protocol != l7.None && pp.p.inspectors[d.Protocol] == nil {
-		d.Allow, d.Reason = false, fmt.Sprintf("port %d needs a %s parser this proxy does not have", a.port, d.Protocol)
-	}
-	if !d.Allow {
+	if d := pp.admission(a, f); !d.Allow {
 		pp.refuse(c, f, "policy-denied", d.Reason)
 		return false
 	}
-	a.proto, f.Protocol = d.Protocol, string(d.Protocol)
 	return true
+}
+
+// admission decides a new connection under the current policy: a port
+// whose rules need a parser this proxy lacks is refused (fail closed). f
+// records the deciding policy; an allowed connection's protocol is fixed.
+func (pp *podProxy) admission(a *authorized, f *Flow) policy.Decision {
+	d := a.current()
+	if d.Allow && d.Protocol != l7.None && pp.p.inspectors[d.Protocol] == nil {
+		d.Allow, d.Reason = false, fmt.Sprintf("port %d needs a %s parser this proxy does not have", a.port, d.Protocol)
+	}
+	f.Policy, f.Rule = d.Policy, d.Rule
+	if d.Allow {
+		a.proto, f.Protocol = d.Protocol, string(d.Protocol)
+	}
+	return d
 }
 
 // relay pipes an accepted connection and its upstream, through the
