@@ -28,8 +28,15 @@ pod's network namespace, opens listeners inside it (15001 outbound, 15006
 inbound plaintext, 15008 inbound HBONE) and tunnels traffic between enrolled
 pods over mutual TLS 1.3 with SPIFFE identities.
 
-Standalone mode (no Kubernetes, no SPIRE): the cluster view comes from YAML
-files (--cluster) and identities from a development CA (--dev-ca-dir).
+Standalone mode (no Kubernetes): the cluster view comes from YAML files
+(--cluster).
+
+Identities (--identity):
+  dev    the embedded development CA (--dev-ca-dir), the default;
+  spire  the SPIRE agent on this node: workload SVIDs through its admin socket
+         (Delegated Identity API, --spire-admin-socket; the agent must list this
+         proxy's SPIFFE ID in authorized_delegates), the proxy's own SVID
+         through the Workload API (--spire-workload-socket).
 
 Every flag can also be set by environment: PALISADE_<FLAG> with dashes as
 underscores (for example PALISADE_TRUST_DOMAIN).
@@ -52,7 +59,10 @@ func run(args []string) error {
 	var (
 		common       cli.Common
 		agentSocket  = fs.String("agent-socket", "/var/run/palisade/proxy.sock", "the agent's handoff socket")
+		idMode       = fs.String("identity", "dev", "identity source: dev (development CA) or spire")
 		devCADir     = fs.String("dev-ca-dir", "/var/lib/palisade/dev-ca", "directory of the development CA (created if missing)")
+		spireAdmin   = fs.String("spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API), with --identity spire")
+		spireWL      = fs.String("spire-workload-socket", "/run/spire/agent/public/api.sock", "SPIRE agent Workload API socket for the proxy's own SVID, with --identity spire (empty: skip)")
 		trustDomain  = fs.String("trust-domain", "cluster.local", "SPIFFE trust domain")
 		svidTTL      = fs.Duration("svid-ttl", time.Hour, "lifetime of SVIDs issued by the development CA")
 		adminAddr    = fs.String("admin-addr", "127.0.0.1:15000", "admin API address (keep it on localhost)")
@@ -69,12 +79,34 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
-	ca, err := identity.LoadOrCreateDevCA(*devCADir, td)
-	if err != nil {
-		return err
+	var ids interface {
+		identity.Provider
+		Close() error
 	}
-	ids := identity.NewDevProvider(ca, *svidTTL, log)
-	log.Info("starting", "node", *node, "identity", "development CA", "ca_dir", *devCADir, "trust_domain", td.String())
+	switch *idMode {
+	case "dev":
+		ca, err := identity.LoadOrCreateDevCA(*devCADir, td)
+		if err != nil {
+			return err
+		}
+		ids = identity.NewDevProvider(ca, *svidTTL, log)
+		log.Info("starting", "node", *node, "identity", "development CA", "ca_dir", *devCADir, "trust_domain", td.String())
+	case "spire":
+		if *spireAdmin == "" {
+			return fmt.Errorf("--spire-admin-socket: required with --identity spire")
+		}
+		sp, err := identity.NewSPIREProvider(identity.SPIREConfig{
+			AdminSocket: *spireAdmin, WorkloadSocket: *spireWL, TrustDomain: td, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		ids = sp
+		log.Info("starting", "node", *node, "identity", "SPIRE", "admin_socket", *spireAdmin, "workload_socket", *spireWL, "trust_domain", td.String())
+	default:
+		return fmt.Errorf("--identity: %q is neither dev nor spire", *idMode)
+	}
+	defer ids.Close()
 
 	ctx, stop := cli.SignalContext()
 	defer stop()

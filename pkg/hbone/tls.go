@@ -52,16 +52,33 @@ func clientTLSConfig(svid *x509svid.SVID, bundles x509bundle.Source, dst spiffei
 	return cfg
 }
 
+// authorizeTrusted accepts clients of the local trust domain td and of any
+// trust domain the provider holds a bundle for (federation); the chain was
+// verified against that bundle before the authorizer runs. Which of them may
+// reach a workload is policy's decision.
+func authorizeTrusted(p x509bundle.Source, td spiffeid.TrustDomain) tlsconfig.Authorizer {
+	return func(got spiffeid.ID, _ [][]*x509.Certificate) error {
+		if got.MemberOf(td) {
+			return nil
+		}
+		if _, err := p.GetX509BundleForTrustDomain(got.TrustDomain()); err != nil {
+			return fmt.Errorf("hbone: client %s is not of trust domain %s nor of a federated one", got, td)
+		}
+		return nil
+	}
+}
+
 // serverTLSConfig returns the server side of HBONE mTLS for the local
 // identity id: TLS 1.3 only, ALPN h2, the current SVID of id fetched from the
 // provider at each handshake, client certificates required, verified against
-// the provider's bundles, and the client required to be a member of td.
+// the provider's bundles, and the client required to be a member of td or
+// of a federated trust domain.
 func serverTLSConfig(p identity.Provider, id spiffeid.ID, td spiffeid.TrustDomain) *tls.Config {
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{alpnH2},
 	}
-	tlsconfig.HookMTLSServerConfig(cfg, nil, p, tlsconfig.AuthorizeMemberOf(td))
+	tlsconfig.HookMTLSServerConfig(cfg, nil, p, authorizeTrusted(p, td))
 	cfg.MinVersion = tls.VersionTLS13
 	// VerifyPeerCertificate is skipped on resumed sessions: without tickets
 	// every connection is verified against the current bundle.

@@ -64,6 +64,7 @@ type cacheEntry struct {
 	svid    *x509svid.SVID // current SVID, nil until the first fetch succeeds
 	renewAt time.Time
 	lastErr error
+	updates uint64 // successful fetches since the entry was created
 	backoff time.Duration
 	// fetching is true while a fetch goroutine runs for this entry.
 	fetching bool
@@ -194,6 +195,7 @@ func (c *svidCache) runFetch(e *cacheEntry) {
 	}
 	notAfter := s.Certificates[0].NotAfter
 	e.svid = s
+	e.updates++
 	e.lastErr = nil
 	e.backoff = 0
 	e.renewAt = now.Add(notAfter.Sub(now) / 2)
@@ -259,4 +261,22 @@ func (c *svidCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// status describes every identity in use, sorted by ID.
+func (c *svidCache) status() []SVIDStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	out := make([]SVIDStatus, 0, len(c.entries))
+	for id, e := range c.entries {
+		st := svidStatus(id.String(), e.svid, now)
+		st.Updates = e.updates
+		if e.lastErr != nil {
+			st.Reason = e.lastErr.Error()
+		}
+		out = append(out, st)
+	}
+	sortSVIDs(out)
+	return out
 }

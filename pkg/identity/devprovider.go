@@ -24,7 +24,10 @@ type DevProvider struct {
 	cache *svidCache
 }
 
-var _ Provider = (*DevProvider)(nil)
+var (
+	_ Provider = (*DevProvider)(nil)
+	_ Reporter = (*DevProvider)(nil)
+)
 
 // NewDevProvider returns a provider issuing SVIDs valid for ttl
 // (DefaultDevSVIDTTL when ttl is zero) from ca. logger may be nil. Call Close
@@ -61,6 +64,17 @@ func (p *DevProvider) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 		return nil, fmt.Errorf("dev provider: no bundle for trust domain %q", td.Name())
 	}
 	return p.ca.bundle, nil
+}
+
+// Status reports the SVIDs issued and the CA's bundle.
+func (p *DevProvider) Status() Status {
+	return Status{
+		Mode:      ModeDevCA,
+		Source:    "development CA " + p.ca.Fingerprint(),
+		Connected: true,
+		SVIDs:     p.cache.status(),
+		Bundles:   []BundleStatus{bundleStatus(p.ca.bundle, 1, p.ca.cert.NotBefore)},
+	}
 }
 
 // Release forgets the SVID of id and stops renewing it.

@@ -11,7 +11,9 @@ import (
 
 // AdminHandler serves the admin API (bind it to localhost only):
 //
-//	GET /config_dump   workloads served, with identities
+//	GET /config_dump   workloads served, with identities, and the identity
+//	                   provider's state (SVIDs and bundles, never keys)
+//	GET /identities    the identity provider's state alone
 //	GET /debug/flows   the most recent connection records
 //	GET /debug/requests the most recent L7 request records
 //	GET /policy        policy problems of the last compilation
@@ -25,7 +27,11 @@ func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 			"trustDomain": p.cfg.TrustDomain.String(),
 			"ready":       p.Ready(),
 			"workloads":   p.Workloads(),
+			"identities":  p.IdentityStatus(),
 		})
+	})
+	mux.HandleFunc("GET /identities", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, p.IdentityStatus())
 	})
 	mux.HandleFunc("GET /debug/flows", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.Flows())
@@ -60,8 +66,8 @@ func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 func (p *Proxy) ReadyHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
-		if !p.Ready() {
-			http.Error(w, "not ready: waiting for the cluster view and the agent's snapshot", http.StatusServiceUnavailable)
+		if why := p.NotReady(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))

@@ -117,6 +117,11 @@ func New(cfg Config) (*Proxy, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	if r, ok := cfg.Identities.(identity.Reporter); ok {
+		if err := reg.Register(newIdentityCollector(r)); err != nil {
+			return nil, fmt.Errorf("node proxy: identity metrics: %w", err)
+		}
+	}
 	p := &Proxy{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -180,10 +185,35 @@ func (pp *podProxy) waitCluster() bool {
 
 const noClusterView = "the node proxy has no cluster view yet (destination enrollment and policy unknown)"
 
-// Ready reports whether the proxy has a cluster view and has received the
-// agent's snapshot of the node's workloads.
-func (p *Proxy) Ready() bool {
-	return p.haveCluster.Load() && p.haveSnapshot.Load()
+// Ready reports whether the proxy has a cluster view, has received the
+// agent's snapshot of the node's workloads, and its identity provider can
+// serve (for SPIRE: the trust bundle and the proxy's own SVID arrived).
+func (p *Proxy) Ready() bool { return p.NotReady() == "" }
+
+// NotReady says what the proxy is waiting for, or "" once it is ready.
+func (p *Proxy) NotReady() string {
+	switch {
+	case !p.haveCluster.Load():
+		return "waiting for the cluster view"
+	case !p.haveSnapshot.Load():
+		return "waiting for the agent's snapshot"
+	}
+	if r, ok := p.cfg.Identities.(identity.Readiness); ok {
+		if err := r.Ready(); err != nil {
+			return "waiting for identities: " + err.Error()
+		}
+	}
+	return ""
+}
+
+// IdentityStatus reports the identity provider's SVIDs (without keys),
+// bundles and connection state, when the provider can describe itself.
+func (p *Proxy) IdentityStatus() *identity.Status {
+	if r, ok := p.cfg.Identities.(identity.Reporter); ok {
+		st := r.Status()
+		return &st
+	}
+	return nil
 }
 
 // Flows returns the most recent connection records, oldest first.
@@ -529,7 +559,11 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 	}
 	cancel()
 	if err != nil {
-		pp.refuse(c, &f, "dial-failed", err.Error())
+		reason := "dial-failed"
+		if _, ok := errors.AsType[*identity.NoSVIDError](err); ok {
+			reason = "no-identity"
+		}
+		pp.refuse(c, &f, reason, err.Error())
 		return
 	}
 	pp.relay(c, up, &f, a)
@@ -677,7 +711,11 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 	up, err := pp.dialer().DialContext(ctx, "tcp", orig.String())
 	cancel()
 	if err != nil {
-		pp.refuse(c, &f, "dial-failed", err.Error())
+		reason := "dial-failed"
+		if _, ok := errors.AsType[*identity.NoSVIDError](err); ok {
+			reason = "no-identity"
+		}
+		pp.refuse(c, &f, reason, err.Error())
 		return
 	}
 	pp.relay(c, up, &f, a)
@@ -780,7 +818,7 @@ func (p *Proxy) finish(f *Flow, sent, recv int64, a *authorized) {
 func (pp *podProxy) refuse(c net.Conn, f *Flow, reason, detail string) {
 	reset(c)
 	f.Verdict, f.Reason = "denied", detail
-	if reason == "dial-failed" || reason == "no-endpoints" {
+	if reason == "dial-failed" || reason == "no-endpoints" || reason == "no-identity" {
 		f.Verdict = "failed"
 	}
 	pp.record(f, reason)
