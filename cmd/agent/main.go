@@ -34,6 +34,15 @@ Standalone mode: the cluster view comes from YAML files (--cluster), watched
 for changes. Every flag can also be set by environment: PALISADE_<FLAG> with
 dashes as underscores.
 
+SPIRE registration entries: with --spire-entries manage the agent keeps one
+SPIRE entry per service account enrolled on this node (spiffe ID
+spiffe://<trust-domain>/ns/<ns>/sa/<sa>, parent --spire-node-id, selectors
+k8s:ns:<ns> and k8s:sa:<sa>, hint "palisade") through the SPIRE server API on
+--spire-server-socket. It only ever changes or deletes entries with that
+parent and hint; an equal entry managed by someone else is left alone. Use
+--spire-entries off (the default) when spire-controller-manager or an
+operator registers workloads.
+
 Usage:
   palisade-agent [flags]      run the agent
   palisade-agent cni          CNI plugin (invoked by the container runtime)
@@ -60,14 +69,26 @@ func run(args []string) error {
 		cniSocket   = fs.String("cni-socket", "/var/run/palisade/cni.sock", "socket the CNI plugin talks to")
 		netnsDir    = fs.String("netns-dir", "/var/run/netns", "directory of named network namespaces to scan")
 		cniWait     = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
+		spireFlags  spireFlags
 	)
+	spireFlags.register(fs)
 	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
+		return err
+	}
+	spire, err := spireFlags.validate()
+	if err != nil {
 		return err
 	}
 	log := common.Logging.Logger(os.Stderr, "agent")
 	node, clusterPaths := &common.Node, common.ClusterPaths
 	ctx, stop := cli.SignalContext()
 	defer stop()
+
+	onEnrolled, stopSPIRE, err := startSPIRE(ctx, spire, log)
+	if err != nil {
+		return err
+	}
+	defer stopSPIRE()
 
 	// Hold snapshots back until the first reconcile has re-discovered every
 	// enrolled pod: a node proxy drops whatever its snapshot lacks, so an
@@ -85,6 +106,8 @@ func run(args []string) error {
 		Finder:  &agent.Finder{NetnsDir: *netnsDir, Logger: log},
 		Logger:  log,
 		CNIWait: *cniWait,
+
+		OnEnrolled: onEnrolled,
 	})
 	cs, err := cni.Listen(*cniSocket, cniHandler{a}, log)
 	if err != nil {
@@ -96,7 +119,7 @@ func run(args []string) error {
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, a.OnSnapshot) }()
 
-	log.Info("starting", "node", *node, "cluster", clusterPaths.String(), "proxy_socket", *proxySocket, "cni_socket", *cniSocket)
+	log.Info("starting", "node", *node, "cluster", clusterPaths.String(), "proxy_socket", *proxySocket, "cni_socket", *cniSocket, "spire_entries", spireFlags.entries)
 	runErr := make(chan error, 1)
 	go func() {
 		runErr <- a.Run(ctx, func() {

@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,6 +62,13 @@ type Config struct {
 	// CNIWait is how long a CNI ADD waits for the pod to appear in the
 	// cluster view before failing.
 	CNIWait time.Duration
+	// OnEnrolled, when set, is called after every reconcile (and every CNI
+	// DEL) with the workloads of this node that are enrolled by policy,
+	// including pods whose sandbox is not up yet, sorted by namespace and
+	// name. It is not called before the first cluster view. It runs with
+	// the agent's lock held and must not block (the SPIRE registration
+	// reconciler only records the set).
+	OnEnrolled func([]workload.Workload)
 }
 
 // Agent reconciles enrolled pods on one node.
@@ -199,6 +207,25 @@ func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
 	return out
 }
 
+// notifyEnrolled hands the pods of this node that are enrolled by policy to
+// Config.OnEnrolled. Unlike desired, it includes pods not running yet, so
+// that what they need (their SPIRE entry) can be ready when they start.
+func (a *Agent) notifyEnrolled() {
+	if a.cfg.OnEnrolled == nil || a.snap == nil {
+		return
+	}
+	var out []workload.Workload
+	for _, p := range a.snap.PodsOnNode(a.cfg.Node) {
+		ns := a.snap.Namespace(p.Namespace)
+		if !workload.PodEnrolled(ns, p) || (p.UID != "" && a.deleted[string(p.UID)]) {
+			continue
+		}
+		out = append(out, workload.FromPod(ns, p))
+	}
+	slices.SortFunc(out, func(x, y workload.Workload) int { return strings.Compare(x.Key(), y.Key()) })
+	a.cfg.OnEnrolled(out)
+}
+
 // Reconcile converges the node to the current snapshot once.
 func (a *Agent) Reconcile(ctx context.Context) error {
 	a.mu.Lock()
@@ -230,6 +257,7 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 			errs = append(errs, err)
 		}
 	}
+	a.notifyEnrolled()
 	if only == nil && !a.straysCleaned && a.snap != nil {
 		// Stray rules can only come from a time the agent was not running,
 		// so the host-wide namespace scan runs once (until it succeeds),
@@ -428,6 +456,7 @@ func (a *Agent) PodDeleted(ctx context.Context, ev PodEvent) error {
 	if uid != "" {
 		a.deleted[uid] = true
 	}
+	a.notifyEnrolled()
 	if _, ok := a.enrolled[uid]; !ok {
 		return nil
 	}

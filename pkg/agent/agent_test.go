@@ -272,3 +272,44 @@ func TestCNIAddWaitsForClusterView(t *testing.T) {
 		t.Fatalf("want a clear error for an unknown pod, got %v", err)
 	}
 }
+
+func TestOnEnrolled(t *testing.T) {
+	a, _, _ := newTestAgent(t, nil)
+	var calls []string
+	a.cfg.OnEnrolled = func(ws []workload.Workload) {
+		var s []string
+		for _, w := range ws {
+			s = append(s, w.Key()+"@"+w.ServiceAccountOrDefault())
+		}
+		calls = append(calls, "["+strings.Join(s, " ")+"]")
+	}
+	ctx := context.Background()
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 0 {
+		t.Fatalf("called before any cluster view: %v", calls)
+	}
+	// A pod scheduled here but not started yet (no IP) counts: its
+	// identity should be ready when it starts.
+	pending := podsYAML + `---
+apiVersion: v1
+kind: Pod
+metadata: {name: e, namespace: shop, uid: e}
+spec: {nodeName: n1, serviceAccountName: api}
+`
+	a.OnSnapshot(snapshot(t, pending))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.PodDeleted(ctx, PodEvent{Namespace: "shop", Name: "a", UID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	a.OnSnapshot(snapshot(t, strings.Replace(pending, "labels: {palisade.dev/mtls: enabled}", "labels: {}", 1)))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(calls, " "), "[shop/a@default shop/e@api] [shop/e@api] []"; got != want {
+		t.Fatalf("OnEnrolled calls %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,415 @@
+package registration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+)
+
+// spireServer is a real spire-server started for one test.
+type spireServer struct {
+	bin    string
+	socket string
+	log    string
+}
+
+// requireSPIREServer returns the spire-server binary built by "make spire",
+// skipping (outside CI) or failing (in CI) when the test cannot run.
+func requireSPIREServer(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv("PALISADE_SPIRE_SERVER")
+	if bin == "" {
+		root, err := filepath.Abs("../..")
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(root, ".cache", "test-bin", "spire-server")
+	}
+	var why string
+	if os.Geteuid() != 0 {
+		why = "the SPIRE integration test runs as root (as CI does); run sudo make test"
+	} else if _, err := os.Stat(bin); err != nil {
+		why = fmt.Sprintf("no spire-server at %s (make spire builds it): %v", bin, err)
+	}
+	if why == "" {
+		return bin
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+	return ""
+}
+
+// startSPIREServer runs spire-server with a config of its own and waits
+// until it is healthy. The process is killed when the test ends, pass or
+// fail; on failure its log is printed.
+func startSPIREServer(t *testing.T) *spireServer {
+	t.Helper()
+	bin := requireSPIREServer(t)
+	dir := t.TempDir()
+	// The socket path must stay short (sun_path is 108 bytes).
+	sockDir, err := os.MkdirTemp("/tmp", "spire-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+
+	s := &spireServer{bin: bin, socket: filepath.Join(sockDir, "api.sock"), log: filepath.Join(dir, "server.log")}
+	conf := fmt.Sprintf(`server {
+  trust_domain = "cluster.local"
+  bind_address = "127.0.0.1"
+  bind_port = "%d"
+  socket_path = %q
+  data_dir = %q
+  log_level = "DEBUG"
+  log_file = %q
+}
+
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = %q
+    }
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+}
+`, port, s.socket, filepath.Join(dir, "data"), s.log, filepath.Join(dir, "datastore.sqlite3"))
+	confPath := filepath.Join(dir, "server.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "server.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "-config", confPath)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start spire-server: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		out.Close()
+		if t.Failed() {
+			for _, f := range []string{out.Name(), s.log} {
+				if b, err := os.ReadFile(f); err == nil {
+					t.Logf("%s:\n%s", f, tail(string(b), 100))
+				}
+			}
+		}
+	})
+
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("spire-server exited during start-up: %v", err)
+		default:
+		}
+		hc := exec.Command(bin, "healthcheck", "-socketPath", s.socket)
+		b, err := hc.CombinedOutput()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spire-server not healthy after 90s: %v: %s", err, b)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func tail(s string, lines int) string {
+	ls := strings.Split(s, "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// cli runs a spire-server subcommand against the test server.
+func (s *spireServer) cli(t *testing.T, args ...string) string {
+	t.Helper()
+	args = append(args[:1:1], append([]string{"-socketPath", s.socket}, args[1:]...)...)
+	b, err := exec.Command(s.bin, append([]string{"entry"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("spire-server entry %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return string(b)
+}
+
+// listAll lists every entry on the server.
+func listAll(t *testing.T, c entryv1.EntryClient) []*types.Entry {
+	t.Helper()
+	var out []*types.Entry
+	req := &entryv1.ListEntriesRequest{PageSize: 100}
+	for {
+		resp, err := c.ListEntries(context.Background(), req)
+		if err != nil {
+			t.Fatalf("ListEntries: %v", err)
+		}
+		out = append(out, resp.Entries...)
+		if resp.NextPageToken == "" {
+			return out
+		}
+		req.PageToken = resp.NextPageToken
+	}
+}
+
+// summary renders the entries as sorted "spiffe-id parent hint ttl selectors".
+func summary(es []*types.Entry) []string {
+	var out []string
+	for _, e := range es {
+		var sels []string
+		for _, s := range e.Selectors {
+			sels = append(sels, s.Type+":"+s.Value)
+		}
+		slices.Sort(sels)
+		out = append(out, fmt.Sprintf("%s parent=%s hint=%q ttl=%d %s", idString(e.SpiffeId), idString(e.ParentId), e.Hint, e.X509SvidTtl, strings.Join(sels, ",")))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// findEntry returns the entry with that SPIFFE ID and parent ID, or nil.
+func findEntry(es []*types.Entry, spiffeID, parentID string) *types.Entry {
+	for _, e := range es {
+		if idString(e.SpiffeId) == spiffeID && idString(e.ParentId) == parentID {
+			return e
+		}
+	}
+	return nil
+}
+
+// TestAgainstSPIREServer runs the reconciler against a real spire-server:
+// creation, idempotence, removal of stale own entries, foreign entries left
+// alone, repair of changes and deletions made behind its back.
+func TestAgainstSPIREServer(t *testing.T) {
+	srv := startSPIREServer(t)
+	const (
+		parent    = "spiffe://cluster.local/palisade/node/n1"
+		otherNode = "spiffe://cluster.local/palisade/node/n2"
+	)
+	conn, err := Dial(srv.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := entryv1.NewEntryClient(conn)
+	ctx := context.Background()
+
+	// Someone else's entries: one for a service account Palisade will want
+	// (under this node), one Palisade never wants, one under another node
+	// that carries Palisade's hint.
+	srv.cli(t, "create", "-parentID", parent, "-spiffeID", "spiffe://cluster.local/ns/shop/sa/legacy", "-selector", "k8s:ns:shop", "-selector", "k8s:sa:legacy")
+	srv.cli(t, "create", "-parentID", parent, "-spiffeID", "spiffe://cluster.local/ns/ops/sa/tool", "-selector", "k8s:ns:ops", "-selector", "k8s:sa:tool")
+	srv.cli(t, "create", "-parentID", otherNode, "-spiffeID", "spiffe://cluster.local/ns/shop/sa/web", "-selector", "k8s:ns:shop", "-selector", "k8s:sa:web", "-hint", Hint)
+	foreignBefore := listAll(t, client)
+	if len(foreignBefore) != 3 {
+		t.Fatalf("setup: %d entries, want 3", len(foreignBefore))
+	}
+	checkForeignUntouched := func() {
+		t.Helper()
+		now := listAll(t, client)
+		for _, b := range foreignBefore {
+			i := slices.IndexFunc(now, func(e *types.Entry) bool { return e.Id == b.Id })
+			if i < 0 {
+				t.Fatalf("foreign entry %s (%s) was deleted", b.Id, idString(b.SpiffeId))
+			}
+			if now[i].RevisionNumber != b.RevisionNumber || key(now[i]) != key(b) || now[i].Hint != b.Hint || now[i].X509SvidTtl != b.X509SvidTtl {
+				t.Fatalf("foreign entry %s changed:\n was %v\n now %v", b.Id, b, now[i])
+			}
+		}
+	}
+
+	newRec := func(ttl time.Duration) *Reconciler {
+		r, err := New(Config{
+			Client:         client,
+			TrustDomain:    spiffeid.RequireTrustDomainFromString("cluster.local"),
+			ParentID:       spiffeid.RequireFromString(parent),
+			SVIDTTL:        ttl,
+			Logger:         testLogger(t),
+			PageSize:       2, // exercise paging against the real server
+			BatchSize:      2,
+			Debounce:       20 * time.Millisecond,
+			ResyncInterval: 200 * time.Millisecond,
+			MinBackoff:     50 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	// 1. Create: three service accounts wanted, one already served by a
+	// foreign entry.
+	r := newRec(0)
+	r.Update([]ServiceAccount{{"shop", "web"}, {"shop", "db"}, {"shop", "legacy"}, {"pay", "api"}})
+	res, err := r.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Result{Created: 3, Foreign: 1}); res != want {
+		t.Fatalf("first pass %+v, want %+v", res, want)
+	}
+	want := []string{
+		`spiffe://cluster.local/ns/ops/sa/tool parent=spiffe://cluster.local/palisade/node/n1 hint="" ttl=0 k8s:ns:ops,k8s:sa:tool`,
+		`spiffe://cluster.local/ns/pay/sa/api parent=spiffe://cluster.local/palisade/node/n1 hint="palisade" ttl=0 k8s:ns:pay,k8s:sa:api`,
+		`spiffe://cluster.local/ns/shop/sa/db parent=spiffe://cluster.local/palisade/node/n1 hint="palisade" ttl=0 k8s:ns:shop,k8s:sa:db`,
+		`spiffe://cluster.local/ns/shop/sa/legacy parent=spiffe://cluster.local/palisade/node/n1 hint="" ttl=0 k8s:ns:shop,k8s:sa:legacy`,
+		`spiffe://cluster.local/ns/shop/sa/web parent=spiffe://cluster.local/palisade/node/n1 hint="palisade" ttl=0 k8s:ns:shop,k8s:sa:web`,
+		`spiffe://cluster.local/ns/shop/sa/web parent=spiffe://cluster.local/palisade/node/n2 hint="palisade" ttl=0 k8s:ns:shop,k8s:sa:web`,
+	}
+	if got := summary(listAll(t, client)); !slices.Equal(got, want) {
+		t.Fatalf("entries after the first pass:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	checkForeignUntouched()
+
+	// 2. Idempotent: a second pass, and a fresh reconciler (an agent
+	// restart), change nothing.
+	for i, rr := range []*Reconciler{r, newRec(0)} {
+		rr.Update([]ServiceAccount{{"shop", "web"}, {"shop", "db"}, {"shop", "legacy"}, {"pay", "api"}})
+		res, err := rr.Sync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (Result{Unchanged: 3, Foreign: 1}); res != want {
+			t.Fatalf("pass %d again: %+v, want %+v", i, res, want)
+		}
+	}
+	if got := summary(listAll(t, client)); !slices.Equal(got, want) {
+		t.Fatalf("entries after idempotent passes:\n%s", strings.Join(got, "\n"))
+	}
+
+	// 3. A service account leaves: its own entry goes, foreign ones stay
+	// (including the one whose need is gone too).
+	r.Update([]ServiceAccount{{"shop", "web"}, {"pay", "api"}})
+	res, err = r.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Result{Deleted: 1, Unchanged: 2}); res != want {
+		t.Fatalf("after shop/db and shop/legacy left: %+v, want %+v", res, want)
+	}
+	if findEntry(listAll(t, client), "spiffe://cluster.local/ns/shop/sa/db", parent) != nil {
+		t.Fatal("stale own entry shop/db not deleted")
+	}
+	checkForeignUntouched()
+
+	// 4. A TTL change updates the entries in place.
+	before := findEntry(listAll(t, client), "spiffe://cluster.local/ns/shop/sa/web", parent)
+	r = newRec(time.Hour)
+	r.Update([]ServiceAccount{{"shop", "web"}, {"pay", "api"}})
+	res, err = r.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Result{Updated: 2}); res != want {
+		t.Fatalf("TTL change: %+v, want %+v", res, want)
+	}
+	web := findEntry(listAll(t, client), "spiffe://cluster.local/ns/shop/sa/web", parent)
+	if web == nil || web.Id != before.Id || web.X509SvidTtl != 3600 {
+		t.Fatalf("after the TTL change: %v (was %v), want the same entry with ttl 3600", web, before)
+	}
+
+	// 5. Run repairs what others do behind its back: a deleted own entry
+	// comes back, a changed one is changed back; foreign ones stay.
+	passes := make(chan Result, 100)
+	r.onPass = func(res Result, err error) {
+		if err != nil {
+			t.Errorf("pass failed: %v", err)
+		}
+		select {
+		case passes <- res:
+		default:
+		}
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	// The first pass (started by the last Update) finds everything in
+	// step; what follows can only be repaired by the periodic resync.
+	select {
+	case res := <-passes:
+		if res.Changed() {
+			t.Fatalf("first pass of Run changed something: %+v", res)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run made no pass within 10s")
+	}
+	srv.cli(t, "delete", "-entryID", web.Id)
+	api := findEntry(listAll(t, client), "spiffe://cluster.local/ns/pay/sa/api", parent)
+	upd, err := client.BatchUpdateEntry(ctx, &entryv1.BatchUpdateEntryRequest{
+		Entries:   []*types.Entry{{Id: api.Id, X509SvidTtl: 42}},
+		InputMask: &types.EntryMask{X509SvidTtl: true},
+	})
+	if err != nil || upd.Results[0].Status.Code != 0 {
+		t.Fatalf("changing an own entry behind the reconciler's back: %v %v", err, upd)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		es := listAll(t, client)
+		var own []*types.Entry
+		for _, e := range es {
+			if idString(e.ParentId) == parent && e.Hint == Hint {
+				own = append(own, e)
+			}
+		}
+		w, a := findEntry(own, "spiffe://cluster.local/ns/shop/sa/web", parent), findEntry(own, "spiffe://cluster.local/ns/pay/sa/api", parent)
+		if len(own) == 2 && w != nil && w.Id != web.Id && w.X509SvidTtl == 3600 && a != nil && a.Id == api.Id && a.X509SvidTtl == 3600 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resync did not repair the entries within 20s:\n%s", strings.Join(summary(es), "\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkForeignUntouched()
+
+	// 6. Run follows Update: the last service account leaving removes
+	// every own entry and nothing else.
+	r.Update(nil)
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		es := listAll(t, client)
+		if len(es) == len(foreignBefore) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("own entries not removed within 20s:\n%s", strings.Join(summary(es), "\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkForeignUntouched()
+}
