@@ -12,7 +12,7 @@ BINARIES := palisade-agent palisade-nodeproxy lab
 
 TEST_BIN  := $(CURDIR)/.cache/test-bin
 
-.PHONY: all build deps test test-tools interop demo bench bench-tools lint fuzz clean
+.PHONY: all build deps test test-tools spire interop demo bench bench-tools lint fuzz clean
 
 all: build
 
@@ -27,7 +27,7 @@ build:
 
 # Every test: unit tests of each package, the end-to-end tests on the lab,
 # a short run of every fuzz target, and the Istio interop module.
-test: deps build lint test-tools
+test: deps build lint test-tools spire
 	PALISADE_BIN=$(BIN) PALISADE_TEST_BIN=$(TEST_BIN) $(GO) test $(GOFLAGS) $(TESTFLAGS) -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 	$(MAKE) interop
@@ -38,6 +38,15 @@ test: deps build lint test-tools
 test-tools: $(TEST_BIN)/.stamp
 $(TEST_BIN)/.stamp: tools/go.mod tools/go.sum
 	cd tools && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
+	@touch $@
+
+# SPIRE server and agent (the identity tests and "lab up --identity spire"),
+# built from their own tools module (tools/spire/go.mod, pinned to one SPIRE
+# release) into .cache/test-bin, once per machine: rebuilt only when
+# tools/spire/go.mod or go.sum change. A cold build takes several minutes.
+spire: $(TEST_BIN)/.spire-stamp
+$(TEST_BIN)/.spire-stamp: tools/spire/go.mod tools/spire/go.sum
+	cd tools/spire && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/ github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
 	@touch $@
 
 # Every fuzz target for FUZZTIME each (seed corpora are checked in under

@@ -41,7 +41,15 @@ lab up flags:
   -f FILE_OR_DIR     Kubernetes YAML: a file, or a directory of *.yaml/*.yml/*.json (repeatable)
   --bin-dir DIR      where palisade-agent and palisade-nodeproxy are (default: lab's own directory)
   --no-palisade      build the cluster only: no agent, no node proxy, no CNI plugin
-  --trust-domain TD  passed to the node proxies (default cluster.local)
+  --trust-domain TD  passed to the node proxies (default cluster.local); also SPIRE's
+  --identity MODE    where the node proxies get SVIDs: dev (default, the development CA)
+                     or spire (a real SPIRE server and one SPIRE agent per node, see below)
+  --spire-bin-dir DIR  where spire-server and spire-agent are (default: --bin-dir if they
+                     are there, else $PALISADE_TEST_BIN, else $PATH; "make spire" builds
+                     them into .cache/test-bin)
+  --spire-entries M  manage (default): the agents create the pods' SPIRE entries;
+                     off: they leave entries alone (create them yourself)
+  --spire-svid-ttl DUR  passed to the agents as --spire-svid-ttl (default: theirs)
   --agent-arg ARG    extra argument for every agent (repeatable); --nodeproxy-arg likewise
   --timeout DUR      how long to wait for each agent, node proxy and pod to be ready (default 60s)
   --retain           keep what was built when up fails (default: clean up), for inspection
@@ -93,14 +101,32 @@ Per node, unless --no-palisade, inside the node netns:
   palisade-agent --node N --cluster DIR --proxy-socket nodes/N/proxy.sock --cni-socket nodes/N/cni.sock
   palisade-nodeproxy --node N --cluster DIR --agent-socket nodes/N/proxy.sock --dev-ca-dir ca --trust-domain TD
 up waits for GET /readyz on cni.sock and for http://127.0.0.1:15021/healthz/ready in the
-node netns. Per pod, before its process starts, up calls "palisade-agent cni" with
+node netns.
+
+With --identity spire (also with --no-palisade), before the agents and node proxies
+start, inside netns <name>-underlay (nothing of SPIRE is reachable from the host):
+  spire-server   listening on 127.0.0.1:8081 of that netns, API socket
+                 <state>/<name>/spire/server/api.sock, trust domain TD, SQLite and CA
+                 keys in spire/server/data (kept across restarts), join-token node
+                 attestation; log spire/server.log
+  per node       a join token for spiffe://TD/palisade/node/<node> (the node's alias),
+                 an entry spiffe://TD/palisade/nodeproxy/<node> under it with selectors
+                 unix:uid:0 and unix:path:<palisade-nodeproxy binary>, and a spire-agent
+                 (data nodes/<node>/spire-agent/data, Workload API
+                 nodes/<node>/spire-agent/workload/api.sock, admin socket
+                 nodes/<node>/spire-agent/admin/admin.sock whose only authorized
+                 delegate is the node proxy; log nodes/<node>/spire-agent.log)
+up waits for "spire-server healthcheck" and "spire-agent healthcheck". The agents then
+get --spire-entries manage --spire-server-socket S --spire-node-id spiffe://TD/palisade/node/N
+--trust-domain TD [--spire-svid-ttl D] (or --spire-entries off), the node proxies
+--identity spire --spire-admin-socket A --spire-workload-socket W instead of --dev-ca-dir. Per pod, before its process starts, up calls "palisade-agent cni" with
 CNI_COMMAND=ADD (and DEL when the pod goes) as a container runtime would.
 
 apply takes the whole desired cluster: changed Namespace labels, Services and
 policies are written to the cluster state, new pods are created, pods that are
 gone are deleted (CNI DEL), pods whose spec changed are recreated.
 
-down stops every process the lab started (pods, agents, node proxies) and
+down stops every process the lab started (pods, agents, node proxies, SPIRE) and
 anything else inside its namespaces, runs CNI DEL, deletes every netns of the
 lab (also stray "<name>-*" ones after a crash), /etc/netns/<netns> and the state
 directory. It is idempotent and works after a failed or interrupted up.
@@ -212,6 +238,10 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	binDir := fs.String("bin-dir", "", "directory of palisade-agent and palisade-nodeproxy")
 	noPalisade := fs.Bool("no-palisade", false, "do not start Palisade")
 	trustDomain := fs.String("trust-domain", "cluster.local", "trust domain for the node proxies")
+	identity := fs.String("identity", lab.IdentityDev, "identity: dev or spire")
+	spireBinDir := fs.String("spire-bin-dir", "", "directory of spire-server and spire-agent")
+	spireEntries := fs.String("spire-entries", "", "who manages SPIRE entries: manage or off")
+	spireSVIDTTL := fs.Duration("spire-svid-ttl", 0, "SVID TTL for the agents' SPIRE entries")
 	fs.Var(&agentArgs, "agent-arg", "extra agent argument (repeatable)")
 	fs.Var(&proxyArgs, "nodeproxy-arg", "extra node proxy argument (repeatable)")
 	timeout := fs.Duration("timeout", lab.DefaultReadyTimeout, "readiness timeout")
@@ -226,6 +256,23 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(files) == 0 {
 		return usageError{errors.New("up: -f FILE_OR_DIR is required")}
 	}
+	switch *identity {
+	case lab.IdentityDev:
+		if *spireEntries != "" || *spireSVIDTTL != 0 {
+			return usageError{errors.New("up: --spire-entries and --spire-svid-ttl need --identity spire")}
+		}
+	case lab.IdentitySPIRE:
+		switch *spireEntries {
+		case "", lab.SPIREEntriesManage, lab.SPIREEntriesOff:
+		default:
+			return usageError{fmt.Errorf("up: --spire-entries %q: want manage or off", *spireEntries)}
+		}
+		if *spireSVIDTTL < 0 {
+			return usageError{fmt.Errorf("up: --spire-svid-ttl %s is negative", *spireSVIDTTL)}
+		}
+	default:
+		return usageError{fmt.Errorf("up: --identity %q: want dev or spire", *identity)}
+	}
 	if *dryRun {
 		objs, err := lab.LoadObjects(files, nil)
 		if err != nil {
@@ -235,12 +282,14 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		topo.Identity = *identity
 		printTopology(stdout, topo, false)
 		return nil
 	}
 	l, err := lab.Up(ctx, lab.Config{
 		Name: c.name, StateDir: c.stateDir, BinDir: *binDir, Files: files,
 		NoPalisade: *noPalisade, TrustDomain: *trustDomain,
+		Identity: *identity, SPIREBinDir: *spireBinDir, SPIREEntries: *spireEntries, SPIRESVIDTTL: *spireSVIDTTL,
 		AgentArgs: agentArgs, NodeProxyArgs: proxyArgs,
 		ReadyTimeout: *timeout, Retain: *retain, Logger: c.logger(stderr),
 	})
@@ -423,8 +472,6 @@ func addr(a interface {
 
 func printTopology(w io.Writer, t *lab.Topology, live bool) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "UNDERLAY NETNS\tBRIDGE\n%s\t%s\n\n", t.Underlay, t.Bridge)
-	fmt.Fprintln(tw, "NODE\tNETNS\tUNDERLAY IP\tPOD CIDR\tGATEWAY\tUNDERLAY PORT\tAGENT\tNODE PROXY")
 	pid := func(p int) string {
 		if !live {
 			return ""
@@ -434,8 +481,27 @@ func printTopology(w io.Writer, t *lab.Topology, live bool) {
 		}
 		return fmt.Sprintf("pid %d", p)
 	}
+	fmt.Fprintf(tw, "UNDERLAY NETNS\tBRIDGE\tIDENTITY\n%s\t%s\t%s\n\n", t.Underlay, t.Bridge, t.Identity)
+	if s := t.SPIRE; s != nil {
+		ttl := s.SVIDTTL
+		if ttl == "" {
+			ttl = "the agents' default"
+		}
+		fmt.Fprintln(tw, "SPIRE SERVER\tNETNS\tADDRESS\tTRUST DOMAIN\tENTRIES\tSVID TTL\tSOCKET\tLOG")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n\n", pid(s.ServerPID), s.Netns, s.ServerAddress, s.TrustDomain, s.Entries, ttl, s.ServerSocket, s.ServerLog)
+	}
+	spire := t.SPIRE != nil
+	header := "NODE\tNETNS\tUNDERLAY IP\tPOD CIDR\tGATEWAY\tUNDERLAY PORT\tAGENT\tNODE PROXY"
+	if spire {
+		header += "\tSPIRE AGENT\tWORKLOAD API"
+	}
+	fmt.Fprintln(tw, header)
 	for _, n := range t.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.UnderlayIP, n.PodCIDR, n.Gateway, n.UnderlayPort, pid(n.AgentPID), pid(n.NodeProxyPID))
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", n.Name, n.Netns, n.UnderlayIP, n.PodCIDR, n.Gateway, n.UnderlayPort, pid(n.AgentPID), pid(n.NodeProxyPID))
+		if spire {
+			line += fmt.Sprintf("\t%s\t%s", pid(n.SPIREAgentPID), n.SPIREWorkloadSocket)
+		}
+		fmt.Fprintln(tw, line)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "POD\tNODE\tIP\tNETNS\tHOST VETH\tREADY\tPIDS")

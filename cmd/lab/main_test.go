@@ -234,3 +234,109 @@ func TestDemoEndToEnd(t *testing.T) {
 		t.Errorf("second down: %d %s", code, errOut)
 	}
 }
+
+func TestUpIdentityFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"up", "-f", demoDir, "--identity", "vault"},
+		{"up", "-f", demoDir, "--spire-entries", "off"},
+		{"up", "-f", demoDir, "--spire-svid-ttl", "1m"},
+		{"up", "-f", demoDir, "--identity", "spire", "--spire-entries", "sometimes"},
+		{"up", "-f", demoDir, "--identity", "spire", "--spire-svid-ttl", "-1m"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(args, &out, &errb); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %s)", args, code, errb.String())
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"up", "--dry-run", "-f", demoDir, "--identity", "spire", "--spire-entries", "off"}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), "IDENTITY") || !strings.Contains(out.String(), "spire") {
+		t.Errorf("dry run with spire: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run([]string{"help"}, &out, &errb); code != 0 {
+		t.Fatal(code)
+	}
+	for _, want := range []string{"--identity MODE", "--spire-bin-dir DIR", "--spire-entries M", "--spire-svid-ttl DUR", "127.0.0.1:8081", "admin/admin.sock"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("usage lacks %q", want)
+		}
+	}
+}
+
+// spireBinDir finds spire-server and spire-agent ("make spire"): skipped
+// without them, except in CI.
+func spireBinDir(t *testing.T) string {
+	t.Helper()
+	for _, d := range []string{os.Getenv("PALISADE_TEST_BIN"), filepath.Join("..", "..", ".cache", "test-bin")} {
+		if d == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d, lab.SPIREServerBinary)); err == nil {
+			if _, err := os.Stat(filepath.Join(d, lab.SPIREAgentBinary)); err == nil {
+				abs, _ := filepath.Abs(d)
+				return abs
+			}
+		}
+	}
+	if os.Getenv("CI") == "" {
+		t.Skip("spire-server and spire-agent not built (make spire)")
+	}
+	t.Fatal("spire-server and spire-agent not found; CI must run make spire")
+	return ""
+}
+
+func TestSPIREUpStatusDown(t *testing.T) {
+	needRoot(t)
+	spireBin := spireBinDir(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := "ct" + hex.EncodeToString(b[:])
+	stateDir := t.TempDir()
+	common := []string{"--name", name, "--state-dir", stateDir}
+	t.Cleanup(func() { _ = lab.Destroy(context.Background(), name, stateDir, nil) })
+
+	out, errOut, code := labCLI(t, "", append(append([]string{"up"}, common...), "-f", demoDir, "--no-palisade",
+		"--identity", "spire", "--spire-bin-dir", spireBin, "--spire-entries", "off")...)
+	if code != 0 {
+		t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
+	}
+	out, errOut, code = labCLI(t, "", append([]string{"status"}, common...)...)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, errOut)
+	}
+	for _, want := range []string{"IDENTITY", "spire", "SPIRE SERVER", "127.0.0.1:8081", "SPIRE AGENT", "spire-agent/workload/api.sock", "spire/server/api.sock", "off"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	out, errOut, code = labCLI(t, "", append(append([]string{"status"}, common...), "-o", "json")...)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, errOut)
+	}
+	var topo lab.Topology
+	if err := json.Unmarshal([]byte(out), &topo); err != nil {
+		t.Fatal(err)
+	}
+	if topo.Identity != lab.IdentitySPIRE || topo.SPIRE == nil || topo.SPIRE.ServerPID == 0 || topo.SPIRE.Entries != lab.SPIREEntriesOff {
+		t.Fatalf("status: %+v %+v", topo.Identity, topo.SPIRE)
+	}
+	pids := []int{topo.SPIRE.ServerPID}
+	for _, n := range topo.Nodes {
+		if n.SPIREAgentPID == 0 {
+			t.Errorf("node %s: no SPIRE agent: %+v", n.Name, n)
+		}
+		pids = append(pids, n.SPIREAgentPID)
+	}
+	if out, errOut, code := labCLI(t, "", append([]string{"down"}, common...)...); code != 0 || !strings.Contains(out, "is down") {
+		t.Fatalf("down: %d %s %s", code, out, errOut)
+	}
+	for _, pid := range pids {
+		if st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil && !bytes.Contains(st, []byte(") Z ")) {
+			t.Errorf("SPIRE process %d survives", pid)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, name)); !os.IsNotExist(err) {
+		t.Errorf("state dir left: %v", err)
+	}
+}

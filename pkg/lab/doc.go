@@ -32,6 +32,29 @@
 //     their cluster IPs), one YAML file per kind in <state>/<name>/cluster/,
 //     each replaced atomically. Agents and node proxies read it with
 //     --cluster DIR and watch it;
+//   - with Identity IdentitySPIRE (also with NoPalisade), before the agents
+//     and node proxies: a SPIRE server and one SPIRE agent per node, all
+//     inside the underlay netns (started with "ip netns exec"), so nothing
+//     of SPIRE is reachable from the root namespace. The server listens on
+//     127.0.0.1:8081 there and on <state>/<name>/spire/server/api.sock,
+//     keeps SQLite and its CA keys in spire/server/data (a restarted server
+//     keeps its CA and entries) and attests agents by join token; it logs
+//     to spire/server.log. Per node the lab generates a join token for the
+//     node's alias spiffe://<td>/palisade/node/<node>, registers the node
+//     proxy as spiffe://<td>/palisade/nodeproxy/<node> under that alias
+//     (selectors unix:uid:0 and unix:path:<palisade-nodeproxy, symlinks
+//     resolved>) and starts an agent with data in
+//     nodes/<node>/spire-agent/data (KeyManager "disk": a restarted agent
+//     keeps its SVID), the Workload API on
+//     nodes/<node>/spire-agent/workload/api.sock, the admin (Delegated
+//     Identity) API on nodes/<node>/spire-agent/admin/admin.sock with the
+//     node proxy as the only authorized delegate, the unix workload
+//     attestor with discover_workload_path, logging to
+//     nodes/<node>/spire-agent.log. Up waits for "spire-server healthcheck"
+//     and "spire-agent healthcheck". The agents then run with
+//     --spire-entries manage (creating the pods' entries under the node's
+//     alias) or off, the node proxies with --identity spire and the two
+//     agent sockets instead of --dev-ca-dir;
 //   - unless NoPalisade: per node, palisade-agent and palisade-nodeproxy run
 //     inside the node netns, detached, logging to
 //     <state>/<name>/nodes/<node>/{agent,nodeproxy}.log; Up waits for the

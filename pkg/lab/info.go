@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -32,6 +33,31 @@ type NodeInfo struct {
 	NodeProxyPID int    `json:"nodeProxyPID,omitempty"`
 	AgentLog     string `json:"agentLog,omitempty"`
 	NodeProxyLog string `json:"nodeProxyLog,omitempty"`
+	// With IdentitySPIRE: the node's SPIRE agent (0 when not running), its
+	// log, its Workload API and admin (Delegated Identity API) sockets.
+	SPIREAgentPID       int    `json:"spireAgentPID,omitempty"`
+	SPIREAgentLog       string `json:"spireAgentLog,omitempty"`
+	SPIREWorkloadSocket string `json:"spireWorkloadSocket,omitempty"`
+	SPIREAdminSocket    string `json:"spireAdminSocket,omitempty"`
+}
+
+// SPIREInfo describes the lab's SPIRE deployment (IdentitySPIRE).
+type SPIREInfo struct {
+	TrustDomain string `json:"trustDomain"`
+	// Netns runs the server and every agent; the server listens on
+	// ServerAddress there.
+	Netns         string `json:"netns"`
+	ServerAddress string `json:"serverAddress"`
+	ServerSocket  string `json:"serverSocket"`
+	// ServerPID is 0 when the server is not running.
+	ServerPID int    `json:"serverPID,omitempty"`
+	ServerLog string `json:"serverLog"`
+	// Entries is SPIREEntriesManage or SPIREEntriesOff.
+	Entries string `json:"entries"`
+	// SVIDTTL is what the Palisade agents get as --spire-svid-ttl (empty:
+	// their default).
+	SVIDTTL string `json:"svidTTL,omitempty"`
+	BinDir  string `json:"binDir"`
 }
 
 // PodInfo describes one pod of the lab.
@@ -81,7 +107,24 @@ func (s ServiceInfo) DNSNames() []string {
 
 // topology reports the state for objs.
 func (s *state) topology(objs *cluster.Snapshot) *Topology {
-	t := &Topology{Name: s.Name, Underlay: s.Underlay, Bridge: UnderlayBridge}
+	t := &Topology{Name: s.Name, Underlay: s.Underlay, Bridge: UnderlayBridge, Identity: s.Identity}
+	if t.Identity == "" {
+		t.Identity = IdentityDev
+	}
+	if s.spire() {
+		t.SPIRE = &SPIREInfo{
+			TrustDomain: s.TrustDomain, Netns: s.Underlay,
+			ServerAddress: fmt.Sprintf("%s:%d", SPIREServerAddress, SPIREServerPort),
+			ServerSocket:  s.spireServerSocket(), ServerLog: s.spireServerLog(),
+			Entries: s.SPIRE.Entries, BinDir: s.SPIRE.BinDir,
+		}
+		if s.SPIRE.Server != nil {
+			t.SPIRE.ServerPID = s.SPIRE.Server.PID
+		}
+		if s.SPIRE.SVIDTTL > 0 {
+			t.SPIRE.SVIDTTL = s.SPIRE.SVIDTTL.String()
+		}
+	}
 	for _, n := range s.Nodes {
 		ni := NodeInfo{
 			Name: n.Name, Index: n.Index, Netns: n.Netns,
@@ -93,6 +136,13 @@ func (s *state) topology(objs *cluster.Snapshot) *Topology {
 		}
 		if n.NodeProxy != nil {
 			ni.NodeProxyPID, ni.NodeProxyLog = n.NodeProxy.PID, n.NodeProxy.Log
+		}
+		if s.spire() {
+			ni.SPIREAgentLog = s.spireAgentLog(n.Name)
+			ni.SPIREWorkloadSocket, ni.SPIREAdminSocket = s.spireWorkloadSocket(n.Name), s.spireAdminSocket(n.Name)
+			if n.SPIREAgent != nil {
+				ni.SPIREAgentPID = n.SPIREAgent.PID
+			}
 		}
 		t.Nodes = append(t.Nodes, ni)
 	}

@@ -57,8 +57,27 @@ type Config struct {
 	// NoPalisade builds the cluster without starting agents and node
 	// proxies and without calling the CNI plugin.
 	NoPalisade bool
-	// TrustDomain is passed to the node proxies (default cluster.local).
+	// TrustDomain is passed to the node proxies (default cluster.local),
+	// and is the SPIRE server's trust domain.
 	TrustDomain string
+	// Identity is where the node proxies get their SVIDs: IdentityDev (the
+	// default) from the development CA in CADir, IdentitySPIRE from SPIRE.
+	// With IdentitySPIRE the lab runs a SPIRE server and one SPIRE agent per
+	// node (also with NoPalisade), in the underlay netns, before it starts
+	// the agents and node proxies.
+	Identity string
+	// SPIREBinDir holds spire-server and spire-agent (default: BinDir if
+	// they are there, else $PALISADE_TEST_BIN, else $PATH; "make spire"
+	// builds them into .cache/test-bin). Ignored without IdentitySPIRE.
+	SPIREBinDir string
+	// SPIRESVIDTTL is passed to the Palisade agents as --spire-svid-ttl
+	// (0: their default). Needs IdentitySPIRE.
+	SPIRESVIDTTL time.Duration
+	// SPIREEntries says who creates the pods' SPIRE workload entries:
+	// SPIREEntriesManage (the default: the Palisade agents) or
+	// SPIREEntriesOff (whoever uses the lab, see Lab.SPIREServer). Needs
+	// IdentitySPIRE.
+	SPIREEntries string
 	// AgentArgs and NodeProxyArgs are appended to their command lines.
 	AgentArgs     []string
 	NodeProxyArgs []string
@@ -137,7 +156,8 @@ func Decode(yamlText string) (*cluster.Snapshot, error) {
 	return s, nil
 }
 
-// Up builds a lab and returns once every agent, node proxy and pod is ready.
+// Up builds a lab and returns once every agent, node proxy and pod (and,
+// with IdentitySPIRE, the SPIRE server and every SPIRE agent) is ready.
 // On failure everything built is torn down again, unless cfg.Retain.
 func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Name == "" {
@@ -201,14 +221,22 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		TrustDomain: cfg.TrustDomain, AgentArgs: cfg.AgentArgs, NodeProxyArgs: cfg.NodeProxyArgs,
 		Underlay: cfg.Name + "-underlay",
 	}
+	if err := configureSPIRE(cfg, st); err != nil {
+		return nil, fmt.Errorf("lab %s: %w", cfg.Name, err)
+	}
 	if err := st.allocate(objs); err != nil {
 		return nil, fmt.Errorf("lab %s: %w", cfg.Name, err)
 	}
+	var sockets []string
 	for _, n := range st.Nodes {
-		for _, sock := range []string{"proxy.sock", "cni.sock"} {
-			if p := filepath.Join(st.nodeDir(n.Name), sock); len(p) > 107 {
-				return nil, fmt.Errorf("lab %s: socket path %s is longer than 107 bytes; use a shorter --state-dir", cfg.Name, p)
-			}
+		sockets = append(sockets, st.agentSocket(n.Name), st.proxySocket(n.Name))
+	}
+	if st.spire() {
+		sockets = append(sockets, st.spireSockets()...)
+	}
+	for _, p := range sockets {
+		if len(p) > 107 {
+			return nil, fmt.Errorf("lab %s: socket path %s is longer than 107 bytes; use a shorter --state-dir", cfg.Name, p)
 		}
 	}
 	if err := requireRoot(); err != nil {
@@ -290,6 +318,11 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	if err := st.writeClusterState(l.objs); err != nil {
 		return err
+	}
+	if st.spire() {
+		if err := l.startSPIRE(ctx); err != nil {
+			return err
+		}
 	}
 	if !st.NoPalisade {
 		for _, n := range st.Nodes {
@@ -398,6 +431,9 @@ func (l *Lab) Status() *Topology {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t := l.st.topology(l.objs)
+	if t.SPIRE != nil && !l.procs.alive(l.st.SPIRE.Server) {
+		t.SPIRE.ServerPID = 0
+	}
 	for i, n := range t.Nodes {
 		ns := l.st.node(n.Name)
 		if !l.procs.alive(ns.Agent) {
@@ -405,6 +441,9 @@ func (l *Lab) Status() *Topology {
 		}
 		if !l.procs.alive(ns.NodeProxy) {
 			t.Nodes[i].NodeProxyPID = 0
+		}
+		if !l.procs.alive(ns.SPIREAgent) {
+			t.Nodes[i].SPIREAgentPID = 0
 		}
 	}
 	for i, p := range t.Pods {

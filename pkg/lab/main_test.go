@@ -100,11 +100,17 @@ func fakeAgent(args []string) int {
 	clusterDir := fs.String("cluster", "", "")
 	proxySock := fs.String("proxy-socket", "", "")
 	cniSock := fs.String("cni-socket", "", "")
+	entries := fs.String("spire-entries", "", "")
+	serverSock := fs.String("spire-server-socket", "", "")
+	nodeID := fs.String("spire-node-id", "", "")
+	td := fs.String("trust-domain", "", "")
+	ttl := fs.String("spire-svid-ttl", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	_, cerr := os.Stat(*clusterDir)
-	record(fmt.Sprintf("agent node=%s netns=%s cluster=%v proxy-socket=%s", *node, selfNetns(), cerr == nil, *proxySock))
+	record(fmt.Sprintf("agent node=%s netns=%s cluster=%v proxy-socket=%s spire-entries=%s spire-server-socket=%s spire-node-id=%s trust-domain=%s spire-svid-ttl=%s",
+		*node, selfNetns(), cerr == nil, *proxySock, *entries, *serverSock, *nodeID, *td, *ttl))
 	if os.Getenv("LAB_FAKE_AGENT") == "crash" {
 		fmt.Fprintln(os.Stderr, "fake agent: crashing on purpose")
 		return 3
@@ -134,10 +140,26 @@ func fakeNodeProxy(args []string) int {
 	_ = fs.String("agent-socket", "", "")
 	ca := fs.String("dev-ca-dir", "", "")
 	td := fs.String("trust-domain", "", "")
+	identity := fs.String("identity", "", "")
+	admin := fs.String("spire-admin-socket", "", "")
+	workload := fs.String("spire-workload-socket", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	record(fmt.Sprintf("nodeproxy node=%s netns=%s ca=%s td=%s", *node, selfNetns(), *ca, *td))
+	record(fmt.Sprintf("nodeproxy node=%s netns=%s ca=%s td=%s identity=%s spire-admin-socket=%s spire-workload-socket=%s",
+		*node, selfNetns(), *ca, *td, *identity, *admin, *workload))
+	if *identity == IdentitySPIRE {
+		// Fetch our own SVID, as the real node proxy's SPIRE agent
+		// attests it.
+		go func() {
+			svid, err := fetchSVID(context.Background(), *workload)
+			id := ""
+			if err == nil {
+				id = svid.ID.String()
+			}
+			record(fmt.Sprintf("nodeproxy-svid node=%s id=%s err=%v", *node, id, err))
+		}()
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:15021")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

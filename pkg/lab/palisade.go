@@ -22,24 +22,35 @@ func (s *state) agentSocket(node string) string { return filepath.Join(s.nodeDir
 func (s *state) proxySocket(node string) string { return filepath.Join(s.nodeDir(node), "proxy.sock") }
 
 func (s *state) agentArgv(n *nodeState, ip string) []string {
-	return append([]string{ip, "netns", "exec", n.Netns,
+	argv := []string{ip, "netns", "exec", n.Netns,
 		filepath.Join(s.BinDir, AgentBinary),
 		"--node", n.Name,
 		"--cluster", s.clusterDir(),
 		"--proxy-socket", s.proxySocket(n.Name),
 		"--cni-socket", s.agentSocket(n.Name),
-	}, s.AgentArgs...)
+	}
+	argv = append(argv, s.spireAgentArgs(n)...)
+	return append(argv, s.AgentArgs...)
 }
 
 func (s *state) nodeProxyArgv(n *nodeState, ip string) []string {
-	return append([]string{ip, "netns", "exec", n.Netns,
+	argv := []string{ip, "netns", "exec", n.Netns,
 		filepath.Join(s.BinDir, NodeProxyBinary),
 		"--node", n.Name,
 		"--cluster", s.clusterDir(),
 		"--agent-socket", s.proxySocket(n.Name),
-		"--dev-ca-dir", s.caDir(),
-		"--trust-domain", s.TrustDomain,
-	}, s.NodeProxyArgs...)
+	}
+	if s.spire() {
+		argv = append(argv,
+			"--identity", IdentitySPIRE,
+			"--spire-admin-socket", s.spireAdminSocket(n.Name),
+			"--spire-workload-socket", s.spireWorkloadSocket(n.Name),
+		)
+	} else {
+		argv = append(argv, "--dev-ca-dir", s.caDir())
+	}
+	argv = append(argv, "--trust-domain", s.TrustDomain)
+	return append(argv, s.NodeProxyArgs...)
 }
 
 func (l *Lab) nodeFor(name string) (*nodeState, error) {

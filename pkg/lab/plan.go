@@ -453,6 +453,10 @@ type Topology struct {
 	Nodes    []NodeInfo    `json:"nodes"`
 	Pods     []PodInfo     `json:"pods"`
 	Services []ServiceInfo `json:"services"`
+	// Identity is IdentityDev or IdentitySPIRE (empty in a plan); SPIRE is
+	// set for IdentitySPIRE.
+	Identity string     `json:"identity,omitempty"`
+	SPIRE    *SPIREInfo `json:"spire,omitempty"`
 }
 
 // Plan validates objects and computes the topology a lab called name would

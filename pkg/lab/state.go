@@ -33,6 +33,10 @@ type state struct {
 	// AgentArgs and NodeProxyArgs are appended to the generated command lines.
 	AgentArgs     []string `json:"agentArgs,omitempty"`
 	NodeProxyArgs []string `json:"nodeProxyArgs,omitempty"`
+	// Identity is IdentityDev ("" in labs from before it existed) or
+	// IdentitySPIRE, in which case SPIRE describes the SPIRE deployment.
+	Identity string      `json:"identity,omitempty"`
+	SPIRE    *spireState `json:"spire,omitempty"`
 
 	Underlay string `json:"underlay"`
 	// Netns lists every network namespace the lab created or was about to
@@ -62,6 +66,8 @@ type nodeState struct {
 	NextHost  int        `json:"nextHost"`
 	Agent     *procState `json:"agent,omitempty"`
 	NodeProxy *procState `json:"nodeProxy,omitempty"`
+	// SPIREAgent runs in the underlay netns (with the SPIRE server).
+	SPIREAgent *procState `json:"spireAgent,omitempty"`
 }
 
 type podState struct {

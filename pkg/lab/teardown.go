@@ -14,7 +14,7 @@ import (
 
 // Down tears the lab down: it stops every pod process (SIGTERM, then
 // SIGKILL), runs CNI DEL for every pod, stops the node proxies and agents,
-// kills anything else still inside a lab netns, deletes every netns of the
+// then the SPIRE agents and server (SIGTERM, then SIGKILL), kills anything else still inside a lab netns, deletes every netns of the
 // lab (also ones found only by the "<name>-" prefix), the /etc/netns/<netns>
 // directories and the state directory. It is idempotent and works on a lab
 // that was only partly built.
@@ -117,6 +117,11 @@ func (l *Lab) teardown(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+
+	// 3b. The SPIRE agents, then the SPIRE server (their clients, the
+	// node proxies and agents, are gone). They run in the underlay netns,
+	// so step 4 would catch them too, without a chance to shut down.
+	addErr(l.stopSPIRE(ctx, defaultGrace))
 
 	// 4. Every netns of the lab, and whatever still runs inside one.
 	names, err := l.labNetns()
