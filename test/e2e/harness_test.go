@@ -88,6 +88,13 @@ func upLab(t *testing.T, yaml string) *lab.Lab {
 // upLabNamed is upLab with a chosen lab name (netns names start with it).
 func upLabNamed(t *testing.T, name, yaml string) *lab.Lab {
 	t.Helper()
+	return upLabWith(t, name, yaml, nil)
+}
+
+// upLabWith is upLabNamed with a hook that adjusts the lab's configuration
+// (for example the identity mode) before it is built.
+func upLabWith(t *testing.T, name, yaml string, adjust func(*lab.Config)) *lab.Lab {
+	t.Helper()
 	requireRoot(t)
 	bin := binaries(t)
 	objs, err := lab.Decode(yaml)
@@ -96,7 +103,7 @@ func upLabNamed(t *testing.T, name, yaml string) *lab.Lab {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Config{
+	cfg := lab.Config{
 		Name:          name,
 		StateDir:      filepath.Join(os.TempDir(), "palisade-e2e"),
 		BinDir:        bin,
@@ -105,7 +112,11 @@ func upLabNamed(t *testing.T, name, yaml string) *lab.Lab {
 		AgentArgs:     []string{"--log-level", "debug"},
 		NodeProxyArgs: []string{"--log-level", "debug", "--drain-timeout", "2s"},
 		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	l, err := lab.Up(ctx, cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
