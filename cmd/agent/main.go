@@ -115,7 +115,11 @@ func run(args []string) error {
 	}
 	defer cs.Close()
 
-	src := &cluster.FileSource{Paths: clusterPaths, Logger: log}
+	src, srcDesc, err := cluster.NewSource(clusterPaths, common.Kubeconfig, log)
+	if err != nil {
+		return err
+	}
+	log.Info("cluster view", "source", srcDesc)
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, a.OnSnapshot) }()
 

@@ -139,7 +139,11 @@ func run(args []string) error {
 		go srv.Serve(ln)
 	}
 
-	src := &cluster.FileSource{Paths: clusterPaths, Logger: log}
+	src, srcDesc, err := cluster.NewSource(clusterPaths, common.Kubeconfig, log)
+	if err != nil {
+		return err
+	}
+	log.Info("cluster view", "source", srcDesc)
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, proxy.UpdateCluster) }()
 

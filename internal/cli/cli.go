@@ -86,16 +86,20 @@ func (s *StringList) Set(v string) error {
 type Common struct {
 	Node         string
 	ClusterPaths StringList
-	Logging      Logging
+	// Kubeconfig selects Kubernetes mode with that client configuration;
+	// with neither it nor ClusterPaths the in-cluster configuration is used.
+	Kubeconfig string
+	Logging    Logging
 }
 
-// Parse registers the common flags (--node, --cluster, --log-level,
+// Parse registers the common flags (--node, --cluster, --kubeconfig, --log-level,
 // --log-format) on fs, parses args, then fills unset flags from PREFIX_*
 // environment variables and checks the common ones. It returns ok=false
 // with a nil error when --help was asked for.
 func (c *Common) Parse(fs *flag.FlagSet, args []string, prefix string) (ok bool, err error) {
 	fs.StringVar(&c.Node, "node", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
 	fs.Var(&c.ClusterPaths, "cluster", "YAML file or directory of cluster objects (standalone mode; repeatable)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (Kubernetes mode); without it and --cluster, the in-cluster configuration")
 	c.Logging.Register(fs, prefix)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -109,8 +113,11 @@ func (c *Common) Parse(fs *flag.FlagSet, args []string, prefix string) (ok bool,
 	if c.Node == "" {
 		return false, errors.New("--node is required")
 	}
-	if len(c.ClusterPaths) == 0 {
-		return false, errors.New("--cluster is required (Kubernetes mode comes later)")
+	if len(c.ClusterPaths) > 0 && c.Kubeconfig != "" {
+		return false, errors.New("--cluster and --kubeconfig exclude each other")
+	}
+	if len(c.ClusterPaths) == 0 && c.Kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return false, errors.New("no cluster source: give --cluster (standalone mode) or --kubeconfig, or run in a pod (in-cluster configuration)")
 	}
 	return true, nil
 }

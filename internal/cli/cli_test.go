@@ -22,7 +22,10 @@ func TestCommonParse(t *testing.T) {
 		{name: "environment fills unset flags", env: map[string]string{"T_NODE": "n2", "T_CLUSTER": "x", "T_LOG_LEVEL": "debug"}, ok: true, node: "n2", paths: "x", level: "DEBUG"},
 		{name: "flag beats environment", args: []string{"--node", "flag"}, env: map[string]string{"T_NODE": "env", "T_CLUSTER": "x"}, ok: true, node: "flag", paths: "x", level: "INFO"},
 		{name: "missing node", args: []string{"--cluster", "x"}, wantErr: "--node is required"},
-		{name: "missing cluster", args: []string{"--node", "n"}, wantErr: "--cluster is required"},
+		{name: "missing cluster source", args: []string{"--node", "n"}, env: map[string]string{"KUBERNETES_SERVICE_HOST": ""}, wantErr: "no cluster source"},
+		{name: "kubeconfig", args: []string{"--node", "n", "--kubeconfig", "/k"}, ok: true, node: "n", level: "INFO"},
+		{name: "in-cluster", args: []string{"--node", "n"}, env: map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, ok: true, node: "n", level: "INFO"},
+		{name: "two sources", args: []string{"--node", "n", "--kubeconfig", "/k", "--cluster", "x"}, wantErr: "exclude each other"},
 		{name: "bad env value names the variable", args: []string{"--node", "n", "--cluster", "x"}, env: map[string]string{"T_LOG_LEVEL": "loud"}, wantErr: "T_LOG_LEVEL"},
 		{name: "help", args: []string{"--help"}},
 		{name: "unknown flag", args: []string{"--nope"}, wantErr: "not defined"},
@@ -30,6 +33,7 @@ func TestCommonParse(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("NODE_NAME", "")
+			t.Setenv("KUBERNETES_SERVICE_HOST", "")
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}

@@ -80,6 +80,10 @@ type Agent struct {
 	snap     *cluster.Snapshot
 	enrolled map[string]*pod   // by pod UID
 	known    map[string]string // netns path by pod UID, learned from CNI
+	// cniIPs are pod IPs by UID from the CNI ADD's prevResult: with
+	// Kubernetes, the kubelet reports status.podIP only after the ADD
+	// returns, and the ADD must enroll the pod before that.
+	cniIPs map[string][]netip.Addr
 	// deleted holds UIDs removed by CNI DEL, so that a cluster view that
 	// still lists the pod does not enroll it again.
 	deleted map[string]bool
@@ -113,6 +117,7 @@ func New(cfg Config) *Agent {
 		log:      cfg.Logger,
 		enrolled: map[string]*pod{},
 		known:    map[string]string{},
+		cniIPs:   map[string][]netip.Addr{},
 		deleted:  map[string]bool{},
 		changed:  make(chan struct{}, 1),
 		snapSeen: make(chan struct{}),
@@ -194,6 +199,9 @@ func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
 			continue
 		}
 		w := workload.FromPod(ns, p)
+		if len(w.IPs) == 0 {
+			w.IPs = a.cniIPs[w.UID]
+		}
 		if len(w.IPs) == 0 || w.UID == "" || a.deleted[w.UID] {
 			continue // not running yet; CNI ADD or a later snapshot brings it
 		}
@@ -423,6 +431,9 @@ func (a *Agent) PodAdded(ctx context.Context, ev PodEvent) error {
 			if ev.Netns != "" {
 				a.known[uid] = ev.Netns
 			}
+			if len(ev.IPs) > 0 {
+				a.cniIPs[uid] = ev.IPs
+			}
 			err := a.reconcileLocked(ctx, map[string]bool{uid: true})
 			a.mu.Unlock()
 			return err
@@ -453,6 +464,7 @@ func (a *Agent) PodDeleted(ctx context.Context, ev PodEvent) error {
 		}
 	}
 	delete(a.known, uid)
+	delete(a.cniIPs, uid)
 	if uid != "" {
 		a.deleted[uid] = true
 	}

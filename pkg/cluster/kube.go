@@ -1,0 +1,360 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// PolicyResources are the policy kinds a KubeSource follows when the API
+// server serves them: Palisade's own and, for migration, Cilium's.
+var PolicyResources = []schema.GroupVersionResource{
+	{Group: "policy.palisade.dev", Version: "v1alpha1", Resource: "l7policies"},
+	{Group: "policy.palisade.dev", Version: "v1alpha1", Resource: "clusterl7policies"},
+	{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"},
+	{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"},
+}
+
+// RESTConfig loads a client configuration: from kubeconfig when given,
+// else the in-cluster configuration (service account token, when
+// KUBERNETES_SERVICE_HOST is set).
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	var (
+		cfg *rest.Config
+		err error
+	)
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	return cfg, nil
+}
+
+// KubeSource follows the cluster through the Kubernetes API with shared
+// informers (Namespaces, Pods, Services, and the PolicyResources the server
+// serves) and publishes a Snapshot after changes, through a rate-limited
+// work queue so that bursts of events (a namespace label enrolling
+// hundreds of pods) become a few snapshots. The code after it is the same as
+// with FileSource.
+//
+// Policy kinds whose CRD is not installed are looked for again every
+// CRDPollInterval and followed once they appear. The first snapshot is
+// published only after every informer has synced, so a starting agent or
+// proxy never sees "no policies" for a moment.
+type KubeSource struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Resources are the policy kinds to follow (default PolicyResources).
+	Resources []schema.GroupVersionResource
+	// Debounce is how long a change waits for others to join it (default
+	// 20ms).
+	Debounce time.Duration
+	// CRDPollInterval is how often missing policy kinds are looked for
+	// (default 10s).
+	CRDPollInterval time.Duration
+	Logger          *slog.Logger
+}
+
+// NewKubeSource returns a source for the API server of cfg.
+func NewKubeSource(cfg *rest.Config, log *slog.Logger) (*KubeSource, error) {
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	return &KubeSource{Client: client, Dynamic: dyn, Logger: log}, nil
+}
+
+const snapshotKey = "snapshot"
+
+// Run follows the API server until ctx ends, calling onChange with the
+// first complete snapshot and then after every change.
+func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
+	log := k.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	debounce := k.Debounce
+	if debounce <= 0 {
+		debounce = 20 * time.Millisecond
+	}
+	poll := k.CRDPollInterval
+	if poll <= 0 {
+		poll = 10 * time.Second
+	}
+	resources := k.Resources
+	if resources == nil {
+		resources = PolicyResources
+	}
+
+	queue := workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "cluster-snapshot"})
+	defer queue.ShutDown()
+	changed := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { queue.AddAfter(snapshotKey, debounce) },
+		UpdateFunc: func(any, any) { queue.AddAfter(snapshotKey, debounce) },
+		DeleteFunc: func(any) { queue.AddAfter(snapshotKey, debounce) },
+	}
+
+	factory := informers.NewSharedInformerFactory(k.Client, 0)
+	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, 0)
+	defer factory.Shutdown()
+	defer dynFactory.Shutdown()
+
+	nsInf := factory.Core().V1().Namespaces()
+	podInf := factory.Core().V1().Pods()
+	svcInf := factory.Core().V1().Services()
+	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer()} {
+		// Managed fields are the bulk of a pod object and nobody here
+		// reads them.
+		if err := inf.SetTransform(stripManagedFields); err != nil {
+			return fmt.Errorf("cluster: informer transform: %w", err)
+		}
+		if _, err := inf.AddEventHandler(changed); err != nil {
+			return fmt.Errorf("cluster: informer handler: %w", err)
+		}
+	}
+
+	var (
+		mu       sync.Mutex
+		policies = map[schema.GroupVersionResource]cache.GenericLister{}
+	)
+	// followPolicies starts informers for the policy kinds the server
+	// serves now and waits for them to sync.
+	followPolicies := func() error {
+		var started []cache.InformerSynced
+		var names []string
+		for _, gvr := range resources {
+			mu.Lock()
+			_, have := policies[gvr]
+			mu.Unlock()
+			if have {
+				continue
+			}
+			served, err := k.serves(gvr)
+			if err != nil {
+				return err
+			}
+			if !served {
+				continue
+			}
+			inf := dynFactory.ForResource(gvr)
+			if err := inf.Informer().SetTransform(stripManagedFields); err != nil {
+				return fmt.Errorf("cluster: informer transform: %w", err)
+			}
+			if _, err := inf.Informer().AddEventHandler(changed); err != nil {
+				return fmt.Errorf("cluster: informer handler: %w", err)
+			}
+			started = append(started, inf.Informer().HasSynced)
+			names = append(names, gvr.Resource+"."+gvr.Group)
+			mu.Lock()
+			policies[gvr] = inf.Lister()
+			mu.Unlock()
+		}
+		if len(started) == 0 {
+			return nil
+		}
+		dynFactory.Start(ctx.Done())
+		if !cache.WaitForCacheSync(ctx.Done(), started...) {
+			return ctx.Err()
+		}
+		log.Info("following policy kinds", "kinds", strings.Join(names, ", "))
+		queue.Add(snapshotKey)
+		return nil
+	}
+
+	factory.Start(ctx.Done())
+	if err := followPolicies(); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("cluster: %v informer did not sync", typ)
+		}
+	}
+	log.Info("cluster view synced from the API server")
+
+	build := func() (*Snapshot, error) {
+		s := NewSnapshot()
+		nss, err := nsInf.Lister().List(labels.Everything())
+		if err != nil {
+			return nil, err
+		}
+		for _, ns := range nss {
+			s.Namespaces[ns.Name] = ns.DeepCopy()
+		}
+		pods, err := podInf.Lister().List(labels.Everything())
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range pods {
+			if p.DeletionTimestamp != nil && p.Status.Phase != corev1.PodRunning {
+				continue
+			}
+			s.Pods = append(s.Pods, p.DeepCopy())
+		}
+		svcs, err := svcInf.Lister().List(labels.Everything())
+		if err != nil {
+			return nil, err
+		}
+		for _, svc := range svcs {
+			s.Services = append(s.Services, svc.DeepCopy())
+		}
+		mu.Lock()
+		listers := make([]cache.GenericLister, 0, len(policies))
+		for _, gvr := range resources {
+			if l := policies[gvr]; l != nil {
+				listers = append(listers, l)
+			}
+		}
+		mu.Unlock()
+		for _, l := range listers {
+			objs, err := l.List(labels.Everything())
+			if err != nil {
+				return nil, err
+			}
+			for _, o := range objs {
+				u, ok := o.(*unstructured.Unstructured)
+				if !ok {
+					continue
+				}
+				s.Other = append(s.Other, u.DeepCopy())
+			}
+		}
+		s.Sort()
+		slices.SortFunc(s.Other, func(a, b *unstructured.Unstructured) int {
+			return strings.Compare(a.GetKind()+"/"+a.GetNamespace()+"/"+a.GetName(), b.GetKind()+"/"+b.GetNamespace()+"/"+b.GetName())
+		})
+		return s, nil
+	}
+
+	// Missing policy kinds are looked for again in the background.
+	go func() {
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := followPolicies(); err != nil && ctx.Err() == nil {
+				log.Warn("looking for policy kinds failed", "error", err)
+			}
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		queue.ShutDown()
+	}()
+
+	queue.Add(snapshotKey)
+	for {
+		key, shutdown := queue.Get()
+		if shutdown {
+			return nil
+		}
+		s, err := build()
+		if err != nil {
+			log.Warn("building the cluster view failed; retrying", "error", err)
+			queue.AddRateLimited(key)
+		} else {
+			queue.Forget(key)
+			onChange(s)
+		}
+		queue.Done(key)
+	}
+}
+
+// serves reports whether the API server serves gvr (its CRD is installed).
+func (k *KubeSource) serves(gvr schema.GroupVersionResource) (bool, error) {
+	list, err := k.Client.Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("discovery of %s: %w", gvr.GroupVersion(), err)
+	}
+	for _, r := range list.APIResources {
+		if r.Name == gvr.Resource {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Source is what both daemons run to learn the cluster: a FileSource in
+// standalone mode, a KubeSource with Kubernetes.
+type Source interface {
+	Run(ctx context.Context, onChange func(*Snapshot)) error
+}
+
+// NewSource picks the cluster source: files when paths are given, else the
+// API server of kubeconfig, else the in-cluster API server.
+func NewSource(paths []string, kubeconfig string, log *slog.Logger) (Source, string, error) {
+	switch {
+	case len(paths) > 0 && kubeconfig != "":
+		return nil, "", errors.New("--cluster and --kubeconfig exclude each other")
+	case len(paths) > 0:
+		return &FileSource{Paths: paths, Logger: log}, "files " + strings.Join(paths, ","), nil
+	case kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "":
+		return nil, "", errors.New("no cluster source: give --cluster (standalone mode) or --kubeconfig, or run in a pod (in-cluster configuration)")
+	}
+	cfg, err := RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, "", err
+	}
+	src, err := NewKubeSource(cfg, log)
+	if err != nil {
+		return nil, "", err
+	}
+	desc := "API server " + cfg.Host
+	if kubeconfig == "" {
+		desc += " (in-cluster)"
+	}
+	return src, desc, nil
+}
+
+// stripManagedFields drops managedFields from objects before they enter an
+// informer's cache: they are the bulk of a pod object and nothing here reads
+// them.
+func stripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(interface {
+		SetManagedFields([]metav1.ManagedFieldsEntry)
+	}); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
