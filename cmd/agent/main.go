@@ -34,6 +34,13 @@ Standalone mode: the cluster view comes from YAML files (--cluster), watched
 for changes. Every flag can also be set by environment: PALISADE_<FLAG> with
 dashes as underscores.
 
+Kubernetes mode (--kubeconfig, or in a pod without --cluster): the cluster
+view comes from the API server through shared informers; the agent annotates
+the pods of its node with their enrollment state (palisade.dev/enrollment:
+enrolled, pending: <why>, failed: <why>), and one agent, chosen by leader
+election on a Lease (--leader-election-namespace), writes the Accepted
+condition of every L7Policy and ClusterL7Policy.
+
 SPIRE registration entries: with --spire-entries manage the agent keeps one
 SPIRE entry per service account enrolled on this node (spiffe ID
 spiffe://<trust-domain>/ns/<ns>/sa/<sa>, parent --spire-node-id, selectors
@@ -70,8 +77,10 @@ func run(args []string) error {
 		netnsDir    = fs.String("netns-dir", "/var/run/netns", "directory of named network namespaces to scan")
 		cniWait     = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
 		spireFlags  spireFlags
+		kube        kubeFlags
 	)
 	spireFlags.register(fs)
+	kube.register(fs)
 	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
 		return err
 	}
@@ -99,6 +108,14 @@ func run(args []string) error {
 	}
 	defer hs.Close()
 
+	var ks *kubeStatus
+	if len(clusterPaths) == 0 {
+		if ks, err = newKubeStatus(common.Kubeconfig, *node, kube, log); err != nil {
+			return err
+		}
+		ks.start(ctx)
+	}
+
 	a := agent.New(agent.Config{
 		Node:    *node,
 		Proxy:   hs,
@@ -107,7 +124,8 @@ func run(args []string) error {
 		Logger:  log,
 		CNIWait: *cniWait,
 
-		OnEnrolled: onEnrolled,
+		OnEnrolled:  onEnrolled,
+		OnPodStatus: ks.onPodStatus(),
 	})
 	cs, err := cni.Listen(*cniSocket, cniHandler{a}, log)
 	if err != nil {
@@ -121,7 +139,7 @@ func run(args []string) error {
 	}
 	log.Info("cluster view", "source", srcDesc)
 	srcErr := make(chan error, 1)
-	go func() { srcErr <- src.Run(ctx, a.OnSnapshot) }()
+	go func() { srcErr <- src.Run(ctx, ks.onSnapshot(a.OnSnapshot)) }()
 
 	log.Info("starting", "node", *node, "cluster", clusterPaths.String(), "proxy_socket", *proxySocket, "cni_socket", *cniSocket, "spire_entries", spireFlags.entries)
 	runErr := make(chan error, 1)

@@ -69,6 +69,24 @@ type Config struct {
 	// the agent's lock held and must not block (the SPIRE registration
 	// reconciler only records the set).
 	OnEnrolled func([]workload.Workload)
+	// OnPodStatus, when set, is called after every reconcile with the pods
+	// of this node whose EnrollmentAnnotation differs from what the agent
+	// knows (Status "" means the annotation should go). Like OnEnrolled it
+	// runs with the agent's lock held and must not block.
+	OnPodStatus func([]PodStatus)
+}
+
+// EnrollmentAnnotation is the pod annotation that says whether a pod of an
+// enrolled namespace is "enrolled", "pending: <why>" or "failed: <why>".
+const EnrollmentAnnotation = "palisade.dev/enrollment"
+
+// PodStatus is the enrollment state of one pod of this node.
+type PodStatus struct {
+	Namespace, Name, UID string
+	// Status is the wanted value of EnrollmentAnnotation ("" to remove it).
+	Status string
+	// Current is the annotation's value in the cluster view.
+	Current string
 }
 
 // Agent reconciles enrolled pods on one node.
@@ -219,6 +237,7 @@ func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
 // Config.OnEnrolled. Unlike desired, it includes pods not running yet, so
 // that what they need (their SPIRE entry) can be ready when they start.
 func (a *Agent) notifyEnrolled() {
+	a.notifyPodStatus()
 	if a.cfg.OnEnrolled == nil || a.snap == nil {
 		return
 	}
@@ -232,6 +251,29 @@ func (a *Agent) notifyEnrolled() {
 	}
 	slices.SortFunc(out, func(x, y workload.Workload) int { return strings.Compare(x.Key(), y.Key()) })
 	a.cfg.OnEnrolled(out)
+}
+
+// notifyPodStatus hands Config.OnPodStatus the pods whose enrollment
+// annotation is out of date.
+func (a *Agent) notifyPodStatus() {
+	if a.cfg.OnPodStatus == nil || a.snap == nil {
+		return
+	}
+	var out []PodStatus
+	for _, p := range a.snap.PodsOnNode(a.cfg.Node) {
+		uid := string(p.UID)
+		want := ""
+		if workload.PodEnrolled(a.snap.Namespace(p.Namespace), p) && !a.deleted[uid] {
+			want = "pending: waiting for the pod's network namespace (CNI ADD)"
+			if cur := a.enrolled[uid]; cur != nil && cur.status != "" {
+				want = cur.status
+			}
+		}
+		if have := p.Annotations[EnrollmentAnnotation]; have != want {
+			out = append(out, PodStatus{Namespace: p.Namespace, Name: p.Name, UID: uid, Status: want, Current: have})
+		}
+	}
+	a.cfg.OnPodStatus(out)
 }
 
 // Reconcile converges the node to the current snapshot once.

@@ -32,6 +32,10 @@ func IsPolicy(obj *unstructured.Unstructured) bool {
 	return ok
 }
 
+// RefOf returns how problems and verdicts name obj, and whether obj is a
+// policy kind at all.
+func RefOf(obj *unstructured.Unstructured) (ObjectRef, bool) { return identify(obj) }
+
 // identify returns the object's reference when it is a policy kind.
 func identify(obj *unstructured.Unstructured) (ObjectRef, bool) {
 	if obj == nil {
