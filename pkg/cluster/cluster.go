@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
@@ -31,6 +32,8 @@ type Snapshot struct {
 	Namespaces map[string]*corev1.Namespace
 	Pods       []*corev1.Pod
 	Services   []*corev1.Service
+	// EndpointSlices back Services where present (Kubernetes mode).
+	EndpointSlices []*discoveryv1.EndpointSlice
 	// Other holds every object of a kind this package does not decode
 	// itself (policies, for example), for later stages to interpret.
 	Other []*unstructured.Unstructured
@@ -185,6 +188,15 @@ func (s *Snapshot) addObject(u *unstructured.Unstructured) error {
 			svc.Namespace = "default"
 		}
 		s.Services = append(s.Services, &svc)
+	case group == "discovery.k8s.io" && u.GetKind() == "EndpointSlice":
+		var es discoveryv1.EndpointSlice
+		if err := strict(&es); err != nil {
+			return err
+		}
+		if es.Namespace == "" {
+			es.Namespace = "default"
+		}
+		s.EndpointSlices = append(s.EndpointSlices, &es)
 	default:
 		s.Other = append(s.Other, u)
 	}
@@ -199,6 +211,9 @@ func (s *Snapshot) Sort() {
 	})
 	sort.Slice(s.Services, func(i, j int) bool {
 		return s.Services[i].Namespace+"/"+s.Services[i].Name < s.Services[j].Namespace+"/"+s.Services[j].Name
+	})
+	sort.Slice(s.EndpointSlices, func(i, j int) bool {
+		return s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Name < s.EndpointSlices[j].Namespace+"/"+s.EndpointSlices[j].Name
 	})
 }
 

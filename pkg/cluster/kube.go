@@ -57,8 +57,8 @@ func RESTConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // KubeSource follows the cluster through the Kubernetes API with shared
-// informers (Namespaces, Pods, Services, and the PolicyResources the server
-// serves) and publishes a Snapshot after changes, through a rate-limited
+// informers (Namespaces, Pods, Services, EndpointSlices, and the
+// PolicyResources the server serves) and publishes a Snapshot after changes, through a rate-limited
 // work queue so that bursts of events (a namespace label enrolling
 // hundreds of pods) become a few snapshots. The code after it is the same as
 // with FileSource.
@@ -133,7 +133,8 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 	nsInf := factory.Core().V1().Namespaces()
 	podInf := factory.Core().V1().Pods()
 	svcInf := factory.Core().V1().Services()
-	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer()} {
+	esInf := factory.Discovery().V1().EndpointSlices()
+	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer(), esInf.Informer()} {
 		// Managed fields are the bulk of a pod object and nobody here
 		// reads them.
 		if err := inf.SetTransform(stripManagedFields); err != nil {
@@ -231,6 +232,13 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 		}
 		for _, svc := range svcs {
 			s.Services = append(s.Services, svc.DeepCopy())
+		}
+		endpointSlices, err := esInf.Lister().List(labels.Everything())
+		if err != nil {
+			return nil, err
+		}
+		for _, es := range endpointSlices {
+			s.EndpointSlices = append(s.EndpointSlices, es.DeepCopy())
 		}
 		mu.Lock()
 		listers := make([]cache.GenericLister, 0, len(policies))

@@ -142,7 +142,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("node proxy: %w", err)
 	}
 	p.pool = pool
-	p.index.Store(workload.NewIndex(nil, nil))
+	p.index.Store(workload.NewIndex(nil, nil, nil))
 	p.inspectors = inspectors()
 	empty, _ := policy.Compile(nil)
 	p.policy.Store(empty)
@@ -159,7 +159,7 @@ func (p *Proxy) UpdateCluster(s *cluster.Snapshot) {
 	for _, pod := range s.Pods {
 		pods = append(pods, workload.Pod{Namespace: s.Namespace(pod.Namespace), Pod: pod})
 	}
-	p.index.Store(workload.NewIndex(pods, s.Services))
+	p.index.Store(workload.NewIndex(pods, s.Services, s.EndpointSlices))
 	p.updatePolicy(s.Other)
 	p.haveCluster.Store(true)
 	p.readyOnce.Do(func() { close(p.clusterReady) })

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -37,9 +38,14 @@ type Pod struct {
 	Pod       *corev1.Pod
 }
 
-// NewIndex builds an index from pods (with their namespaces) and services.
-// Pods without an IP or using the host network are not indexed.
-func NewIndex(pods []Pod, services []*corev1.Service) *Index {
+// NewIndex builds an index from pods (with their namespaces), services and
+// EndpointSlices. Pods without an IP or using the host network are not
+// indexed. A Service's endpoints come from its EndpointSlices when it has any
+// (label kubernetes.io/service-name; this covers Services without selectors
+// and endpoints that are not pods), and from its selector over the ready
+// pods otherwise (standalone mode, or an API server without the
+// EndpointSlice controller).
+func NewIndex(pods []Pod, services []*corev1.Service, slices []*discoveryv1.EndpointSlice) *Index {
 	ix := &Index{
 		byIP:     map[netip.Addr]*Workload{},
 		services: map[netip.AddrPort]*ServicePort{},
@@ -60,9 +66,16 @@ func NewIndex(pods []Pod, services []*corev1.Service) *Index {
 			ix.byIP[ip] = &w
 		}
 	}
+	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
+	for _, es := range slices {
+		if name := es.Labels[discoveryv1.LabelServiceName]; name != "" {
+			slicesOf[es.Namespace+"/"+name] = append(slicesOf[es.Namespace+"/"+name], es)
+		}
+	}
 	for _, svc := range services {
-		if svc.Spec.Selector == nil {
-			continue // Services without selectors have no endpoints we manage
+		svcSlices := slicesOf[svc.Namespace+"/"+svc.Name]
+		if svc.Spec.Selector == nil && len(svcSlices) == 0 {
+			continue // no selector and no slices: no endpoints
 		}
 		sel := labels.SelectorFromSet(svc.Spec.Selector)
 		vips := clusterIPs(svc)
@@ -74,6 +87,13 @@ func NewIndex(pods []Pod, services []*corev1.Service) *Index {
 				Namespace: svc.Namespace,
 				Name:      svc.Name,
 				Key:       svc.Namespace + "/" + svc.Name + ":" + strconv.Itoa(int(sp.Port)),
+			}
+			if len(svcSlices) > 0 {
+				port.Endpoints = ix.sliceEndpoints(svcSlices, sp)
+				for _, vip := range vips {
+					ix.services[netip.AddrPortFrom(vip, uint16(sp.Port))] = port
+				}
+				continue
 			}
 			for i, w := range all {
 				pod := objs[i]
@@ -94,6 +114,41 @@ func NewIndex(pods []Pod, services []*corev1.Service) *Index {
 		}
 	}
 	return ix
+}
+
+// sliceEndpoints returns the ready endpoints of service port sp in slices:
+// the slice port with sp's name, TCP, addresses of endpoints whose ready
+// condition is not false. Endpoint.Workload is the pod owning the address,
+// nil for endpoints outside the cluster's pods.
+func (ix *Index) sliceEndpoints(slices []*discoveryv1.EndpointSlice, sp corev1.ServicePort) []Endpoint {
+	var out []Endpoint
+	for _, es := range slices {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		for _, p := range es.Ports {
+			name := ""
+			if p.Name != nil {
+				name = *p.Name
+			}
+			if name != sp.Name || p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+				continue
+			}
+			for _, ep := range es.Endpoints {
+				if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+					continue
+				}
+				for _, a := range ep.Addresses {
+					ip, err := netip.ParseAddr(a)
+					if err != nil {
+						continue
+					}
+					out = append(out, Endpoint{Addr: netip.AddrPortFrom(ip, uint16(*p.Port)), Workload: ix.byIP[ip]})
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Workload returns the workload that owns ip, or nil.

@@ -1,11 +1,13 @@
 package workload
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -114,7 +116,7 @@ func TestIndex(t *testing.T) {
 			},
 		},
 	}
-	ix := NewIndex([]Pod{{enrolled, web1}, {enrolled, web2}, {enrolled, notReady}, {ns("other", nil), other}, {enrolled, hostNet}}, []*corev1.Service{svc})
+	ix := NewIndex([]Pod{{enrolled, web1}, {enrolled, web2}, {enrolled, notReady}, {ns("other", nil), other}, {enrolled, hostNet}}, []*corev1.Service{svc}, nil)
 
 	if w := ix.Workload(netip.MustParseAddr("10.244.2.5")); w == nil || w.Name != "web2" || !w.Enrolled {
 		t.Fatalf("Workload(10.244.2.5) = %+v", w)
@@ -151,5 +153,75 @@ func TestIndex(t *testing.T) {
 	}
 	if ix.Service(netip.MustParseAddrPort("10.96.0.10:83")) != nil {
 		t.Error("unknown service port resolved")
+	}
+}
+
+func TestIndexEndpointSlices(t *testing.T) {
+	enrolled := ns("shop", map[string]string{LabelMTLS: "enabled"})
+	web1 := pod("shop", "web1", "10.244.1.5", map[string]string{"app": "web"})
+	// The selector would pick web1; the slices are authoritative.
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80}, {Name: "grpc", Port: 81}}},
+	}
+	external := &corev1.Service{ // no selector: endpoints only from slices
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db"},
+		Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.11", Ports: []corev1.ServicePort{{Port: 5432}}},
+	}
+	str := func(s string) *string { return &s }
+	i32 := func(v int32) *int32 { return &v }
+	yes, no := true, false
+	tcp := corev1.ProtocolTCP
+	slices := []*discoveryv1.EndpointSlice{
+		{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: "web-a", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: str("http"), Port: i32(8080), Protocol: &tcp}},
+			Endpoints: []discoveryv1.Endpoint{
+				{Addresses: []string{"10.244.1.5"}, Conditions: discoveryv1.EndpointConditions{Ready: &yes}},
+				{Addresses: []string{"10.244.9.9"}, Conditions: discoveryv1.EndpointConditions{Ready: &no}},
+				{Addresses: []string{"192.0.2.10"}}, // ready unknown counts as ready
+			},
+		},
+		{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: "db-1", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: str(""), Port: i32(5432)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.20"}}},
+		},
+		{ // another namespace's service of the same name
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "other", Name: "web-x", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: str("http"), Port: i32(1)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.9.9.9"}}},
+		},
+	}
+	ix := NewIndex([]Pod{{enrolled, web1}}, []*corev1.Service{svc, external}, slices)
+	for _, tt := range []struct {
+		addr string
+		want []string
+		pods []string
+	}{
+		{"10.96.0.10:80", []string{"10.244.1.5:8080", "192.0.2.10:8080"}, []string{"web1", ""}},
+		{"10.96.0.10:81", nil, nil}, // no slice port named grpc
+		{"10.96.0.11:5432", []string{"192.0.2.20:5432"}, []string{""}},
+	} {
+		sp := ix.Service(netip.MustParseAddrPort(tt.addr))
+		if sp == nil {
+			t.Fatalf("Service(%s) = nil", tt.addr)
+		}
+		var got, pods []string
+		for _, ep := range sp.Endpoints {
+			got = append(got, ep.Addr.String())
+			name := ""
+			if ep.Workload != nil {
+				name = ep.Workload.Name
+			}
+			pods = append(pods, name)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tt.want) || fmt.Sprint(pods) != fmt.Sprint(tt.pods) {
+			t.Errorf("Service(%s) = %v (pods %v), want %v (pods %v)", tt.addr, got, pods, tt.want, tt.pods)
+		}
 	}
 }
