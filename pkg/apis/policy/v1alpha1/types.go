@@ -19,7 +19,11 @@ type L7Policy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
+	// Spec is the policy: which pods it selects and what traffic they
+	// may send and receive.
 	Spec L7PolicySpec `json:"spec"`
+	// Status says whether the policy is enforced (the Accepted condition),
+	// written by one elected Palisade agent.
 	// +optional
 	Status L7PolicyStatus `json:"status,omitempty"`
 }
@@ -30,7 +34,8 @@ type L7Policy struct {
 type L7PolicyList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
-	Items           []L7Policy `json:"items"`
+	// Items are the policies.
+	Items []L7Policy `json:"items"`
 }
 
 // ClusterL7Policy is the cluster-scoped L7Policy: its endpointSelector
@@ -46,11 +51,19 @@ type L7PolicyList struct {
 // +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.ingress) || self.spec.ingress.all(r, !has(r.fromServiceAccounts) || r.fromServiceAccounts.all(a, has(a.__namespace__) && size(a.__namespace__) > 0))",message="fromServiceAccounts[].namespace is required in a ClusterL7Policy",fieldPath=".spec.ingress"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.ingressDeny) || self.spec.ingressDeny.all(r, !has(r.fromServiceAccounts) || r.fromServiceAccounts.all(a, has(a.__namespace__) && size(a.__namespace__) > 0))",message="fromServiceAccounts[].namespace is required in a ClusterL7Policy",fieldPath=".spec.ingressDeny"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.egress) || self.spec.egress.all(r, !has(r.toServiceAccounts) || r.toServiceAccounts.all(a, has(a.__namespace__) && size(a.__namespace__) > 0))",message="toServiceAccounts[].namespace is required in a ClusterL7Policy",fieldPath=".spec.egress"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.egressDeny) || self.spec.egressDeny.all(r, !has(r.toServiceAccounts) || r.toServiceAccounts.all(a, has(a.__namespace__) && size(a.__namespace__) > 0))",message="toServiceAccounts[].namespace is required in a ClusterL7Policy",fieldPath=".spec.egressDeny"
 type ClusterL7Policy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
+	// Spec is the policy: which pods it selects, in any namespace, and
+	// what traffic they may send and receive.
 	Spec L7PolicySpec `json:"spec"`
+	// Status says whether the policy is enforced (the Accepted condition),
+	// written by one elected Palisade agent.
 	// +optional
 	Status L7PolicyStatus `json:"status,omitempty"`
 }
@@ -61,7 +74,8 @@ type ClusterL7Policy struct {
 type ClusterL7PolicyList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
-	Items           []ClusterL7Policy `json:"items"`
+	// Items are the policies.
+	Items []ClusterL7Policy `json:"items"`
 }
 
 // L7PolicySpec is the rule set of an L7Policy or ClusterL7Policy.
@@ -73,6 +87,7 @@ type ClusterL7PolicyList struct {
 type L7PolicySpec struct {
 	// Description is free text for humans.
 	// +optional
+	// +kubebuilder:validation:MaxLength=4096
 	Description string `json:"description,omitempty"`
 
 	// EndpointSelector selects the pods the policy applies to. An empty
@@ -83,21 +98,25 @@ type L7PolicySpec struct {
 
 	// Ingress rules allow traffic into the selected pods.
 	// +optional
+	// +kubebuilder:validation:MaxItems=32
 	Ingress []IngressRule `json:"ingress,omitempty"`
 
 	// IngressDeny rules deny traffic into the selected pods, whatever any
 	// allow rule says. A deny rule without L7 rules denies the connection;
 	// one with L7 rules denies the requests its L7 rules match.
 	// +optional
+	// +kubebuilder:validation:MaxItems=32
 	IngressDeny []IngressRule `json:"ingressDeny,omitempty"`
 
 	// Egress rules allow traffic out of the selected pods.
 	// +optional
+	// +kubebuilder:validation:MaxItems=32
 	Egress []EgressRule `json:"egress,omitempty"`
 
 	// EgressDeny rules deny traffic out of the selected pods, whatever any
 	// allow rule says (see ingressDeny).
 	// +optional
+	// +kubebuilder:validation:MaxItems=32
 	EgressDeny []EgressRule `json:"egressDeny,omitempty"`
 
 	// EnableDefaultDeny says whether this policy turns on default deny for
@@ -109,8 +128,12 @@ type L7PolicySpec struct {
 
 // DefaultDenyConfig turns default deny on or off per direction.
 type DefaultDenyConfig struct {
+	// Ingress: true makes incoming traffic of the selected pods default
+	// deny, false leaves it open unless another policy closes it.
 	// +optional
 	Ingress *bool `json:"ingress,omitempty"`
+	// Egress: true makes outgoing traffic of the selected pods default
+	// deny, false leaves it open unless another policy closes it.
 	// +optional
 	Egress *bool `json:"egress,omitempty"`
 }
