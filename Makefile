@@ -12,7 +12,7 @@ BINARIES := palisade-agent palisade-nodeproxy lab
 
 TEST_BIN  := $(CURDIR)/.cache/test-bin
 
-.PHONY: all build deps test test-tools spire interop demo bench bench-tools lint fuzz clean
+.PHONY: all build deps test test-tools spire kube interop demo bench bench-tools lint fuzz clean
 
 all: build
 
@@ -27,7 +27,7 @@ build:
 
 # Every test: unit tests of each package, the end-to-end tests on the lab,
 # a short run of every fuzz target, and the Istio interop module.
-test: deps build lint test-tools spire
+test: deps build lint test-tools spire kube
 	PALISADE_BIN=$(BIN) PALISADE_TEST_BIN=$(TEST_BIN) $(GO) test $(GOFLAGS) $(TESTFLAGS) -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 	$(MAKE) interop
@@ -37,8 +37,15 @@ test: deps build lint test-tools spire
 # .cache/test-bin, once per machine: rebuilt only when tools/go.sum changes.
 test-tools: $(TEST_BIN)/.stamp
 $(TEST_BIN)/.stamp: tools/go.mod tools/go.sum
-	cd tools && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
+	cd tools && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl sigs.k8s.io/controller-tools/cmd/controller-gen
 	@touch $@
+
+# The policy CRDs in manifests/crds, generated from pkg/apis/policy/v1alpha1
+# by controller-gen (from the tools module). A test fails when they are stale.
+.PHONY: crds
+crds: test-tools
+	rm -f manifests/crds/*.yaml
+	$(TEST_BIN)/controller-gen crd paths=./pkg/apis/policy/v1alpha1/... output:crd:dir=manifests/crds
 
 # SPIRE server and agent (the identity tests and "lab up --identity spire"),
 # built from their own tools module (tools/spire/go.mod, pinned to one SPIRE
@@ -47,6 +54,24 @@ $(TEST_BIN)/.stamp: tools/go.mod tools/go.sum
 spire: $(TEST_BIN)/.spire-stamp
 $(TEST_BIN)/.spire-stamp: tools/spire/go.mod tools/spire/go.sum
 	cd tools/spire && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/ github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+	@touch $@
+
+# kube-apiserver, etcd and kubectl ("lab up --kube" and the tests against a
+# real API server), built from their own tools module (tools/kube/go.mod:
+# Kubernetes v1.34.4 with its staging modules replaced by their v0.34.4
+# releases, etcd v3.6.6) into .cache/test-bin, once per machine: rebuilt only
+# when tools/kube/go.mod or go.sum change. A cold build takes several minutes
+# (over ten on 2 busy cores). The lab prefers this kubectl, of the server's
+# version, to one in $PATH.
+KUBE_VERSION := v1.34.4
+KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34 \
+	-X k8s.io/component-base/version.gitTreeState=clean
+kube: $(TEST_BIN)/.kube-stamp
+$(TEST_BIN)/.kube-stamp: tools/kube/go.mod tools/kube/go.sum
+	cd tools/kube && $(GO) build $(GOFLAGS) -ldflags '$(KUBE_LDFLAGS)' -o $(TEST_BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	cd tools/kube && $(GO) build $(GOFLAGS) -ldflags '$(KUBE_LDFLAGS)' -o $(TEST_BIN)/kubectl k8s.io/kubernetes/cmd/kubectl
+	cd tools/kube && $(GO) build $(GOFLAGS) -o $(TEST_BIN)/etcd go.etcd.io/etcd/server/v3
 	@touch $@
 
 # Every fuzz target for FUZZTIME each (seed corpora are checked in under

@@ -50,6 +50,15 @@ lab up flags:
   --spire-entries M  manage (default): the agents create the pods' SPIRE entries;
                      off: they leave entries alone (create them yourself)
   --spire-svid-ttl DUR  passed to the agents as --spire-svid-ttl (default: theirs)
+  --kube             run a real etcd and kube-apiserver (also with --no-palisade, see below);
+                     the agents and node proxies then follow the API server
+  --kube-bin-dir DIR where kube-apiserver and etcd are (default: --bin-dir if they are
+                     there, else $PALISADE_TEST_BIN, else $PATH; "make kube" builds them
+                     and kubectl into .cache/test-bin); kubectl is looked up there, then
+                     in $PATH
+  --crds FILE_OR_DIR CRD manifests applied with --kube (repeatable; default: the
+                     repository's manifests/crds next to --bin-dir or above the working
+                     directory, skipped when there is none)
   --agent-arg ARG    extra argument for every agent (repeatable); --nodeproxy-arg likewise
   --timeout DUR      how long to wait for each agent, node proxy and pod to be ready (default 60s)
   --retain           keep what was built when up fails (default: clean up), for inspection
@@ -100,6 +109,7 @@ Service cluster IPs come from 10.96.0.0/16 unless spec.clusterIP is set.
 Per node, unless --no-palisade, inside the node netns:
   palisade-agent --node N --cluster DIR --proxy-socket nodes/N/proxy.sock --cni-socket nodes/N/cni.sock
   palisade-nodeproxy --node N --cluster DIR --agent-socket nodes/N/proxy.sock --dev-ca-dir ca --trust-domain TD
+(with --kube: --kubeconfig <state>/<name>/kubeconfig-nodes instead of --cluster DIR).
 up waits for GET /readyz on cni.sock and for http://127.0.0.1:15021/healthz/ready in the
 node netns.
 
@@ -122,17 +132,48 @@ get --spire-entries manage --spire-server-socket S --spire-node-id spiffe://TD/p
 --identity spire --spire-admin-socket A --spire-workload-socket W instead of --dev-ca-dir. Per pod, before its process starts, up calls "palisade-agent cni" with
 CNI_COMMAND=ADD (and DEL when the pod goes) as a container runtime would.
 
+With --kube (also with --no-palisade), before the agents and node proxies start:
+  etcd             in netns <name>-underlay on its 127.0.0.1:2379 (peer 2380), data in
+                   <state>/<name>/kube/etcd; log kube/etcd.log
+  kube-apiserver   in the same netns on https://10.88.0.1:6443 (the underlay bridge's
+                   address, which the lab adds; the nodes reach it over the underlay):
+                   self-signed serving certificate (SANs 10.88.0.1, 127.0.0.1, kubernetes,
+                   kubernetes.default.svc, localhost), a static admin token in group
+                   system:masters, --authorization-mode RBAC, a service account key pair,
+                   --service-cluster-ip-range 10.96.0.0/16; files in kube/pki, log
+                   kube/apiserver.log. up waits for GET /readyz with the token.
+  forwarder        "lab forward" in the root netns on 127.0.0.1:<free port>, connecting
+                   to the API server inside the underlay netns; log kube/forward.log
+  <state>/<name>/kubeconfig        https://127.0.0.1:<port>, for kubectl on this host:
+                                   kubectl --kubeconfig <state>/<name>/kubeconfig get pods -A
+  <state>/<name>/kubeconfig-nodes  https://10.88.0.1:6443, for the agents and node proxies
+Then up applies the CRDs (stand-ins for Cilium's cilium.io/v2 CiliumNetworkPolicy and
+CiliumClusterwideNetworkPolicy that accept any content, then --crds) and waits until each
+is established, registers a Node per node, applies the Namespaces, a ServiceAccount for
+every one the pods use (created when missing), the Services (spec.clusterIP = the lab's)
+and every other kind (server-side apply, field manager palisade-lab), and plays kubelet
+for each pod: the pod object (containers without an image get palisade-lab/process),
+netns, CNI ADD, status.podIP/hostIP (Pending), processes, then, once ready, Running
+with the PodScheduled, Initialized, ContainersReady and Ready conditions True. The
+agents and node proxies run with --kubeconfig <state>/<name>/kubeconfig-nodes instead
+of --cluster (the cluster state files are still written, for inspection).
+
 apply takes the whole desired cluster: changed Namespace labels, Services and
 policies are written to the cluster state, new pods are created, pods that are
-gone are deleted (CNI DEL), pods whose spec changed are recreated.
+gone are deleted (CNI DEL), pods whose spec changed are recreated. With --kube
+it goes through the API: objects are applied, objects the lab applied before
+and the files no longer have are deleted (Namespaces excepted), running pods get
+their new labels, and a pod is deleted as by kubectl and a kubelet (deletion
+timestamp, processes stopped, CNI DEL, then the object removed).
 
-down stops every process the lab started (pods, agents, node proxies, SPIRE) and
-anything else inside its namespaces, runs CNI DEL, deletes every netns of the
-lab (also stray "<name>-*" ones after a crash), /etc/netns/<netns> and the state
-directory. It is idempotent and works after a failed or interrupted up.
+down stops every process the lab started (pods, agents, node proxies, SPIRE,
+the API server, etcd and the forwarder) and anything else inside its
+namespaces, runs CNI DEL, deletes every netns of the lab (also stray
+"<name>-*" ones after a crash), /etc/netns/<netns> and the state directory. It is idempotent and works after a failed or interrupted up.
 
 Examples:
   lab up -f examples/demo --bin-dir ./bin
+  lab up -f examples/demo --bin-dir ./bin --kube --kube-bin-dir .cache/test-bin
   lab exec shop/client -- curl -s http://server/
   lab exec plain/visitor -- curl -s http://server.shop.svc.cluster.local/
   lab down
@@ -208,6 +249,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdExec(args[1:], stderr)
 	case "serve-http", "serve-echo", "serve-grpc", "serve-kafka":
 		err = cmdServe(ctx, args[0], args[1:], stderr)
+	case lab.ForwardCommand:
+		// Hidden: the API server forwarder that "up --kube" starts.
+		err = lab.RunForward(ctx, args[1:], slog.New(slog.NewTextHandler(stderr, nil)))
 	default:
 		fmt.Fprintf(stderr, "lab: unknown command %q\n\n%s", args[0], usage)
 		return 2
@@ -242,6 +286,10 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	spireBinDir := fs.String("spire-bin-dir", "", "directory of spire-server and spire-agent")
 	spireEntries := fs.String("spire-entries", "", "who manages SPIRE entries: manage or off")
 	spireSVIDTTL := fs.Duration("spire-svid-ttl", 0, "SVID TTL for the agents' SPIRE entries")
+	kube := fs.Bool("kube", false, "run etcd and kube-apiserver")
+	kubeBinDir := fs.String("kube-bin-dir", "", "directory of kube-apiserver and etcd")
+	var crds stringList
+	fs.Var(&crds, "crds", "CRD manifests for --kube (repeatable)")
 	fs.Var(&agentArgs, "agent-arg", "extra agent argument (repeatable)")
 	fs.Var(&proxyArgs, "nodeproxy-arg", "extra node proxy argument (repeatable)")
 	timeout := fs.Duration("timeout", lab.DefaultReadyTimeout, "readiness timeout")
@@ -273,6 +321,9 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return usageError{fmt.Errorf("up: --identity %q: want dev or spire", *identity)}
 	}
+	if !*kube && (*kubeBinDir != "" || len(crds) > 0) {
+		return usageError{errors.New("up: --kube-bin-dir and --crds need --kube")}
+	}
 	if *dryRun {
 		objs, err := lab.LoadObjects(files, nil)
 		if err != nil {
@@ -290,6 +341,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Name: c.name, StateDir: c.stateDir, BinDir: *binDir, Files: files,
 		NoPalisade: *noPalisade, TrustDomain: *trustDomain,
 		Identity: *identity, SPIREBinDir: *spireBinDir, SPIREEntries: *spireEntries, SPIRESVIDTTL: *spireSVIDTTL,
+		Kube: *kube, KubeBinDir: *kubeBinDir, KubeCRDs: crds,
 		AgentArgs: agentArgs, NodeProxyArgs: proxyArgs,
 		ReadyTimeout: *timeout, Retain: *retain, Logger: c.logger(stderr),
 	})
@@ -304,7 +356,11 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.stateDir != lab.DefaultStateDir {
 		flags += " --state-dir " + c.stateDir
 	}
-	fmt.Fprintf(stdout, "\nLab %q is up. State: %s\n  lab status%s\n  lab exec%s NS/POD -- CMD...\n  lab down%s\n", c.name, l.StateDir(), flags, flags, flags)
+	fmt.Fprintf(stdout, "\nLab %q is up. State: %s\n  lab status%s\n  lab exec%s NS/POD -- CMD...\n", c.name, l.StateDir(), flags, flags)
+	if kc := l.Kubeconfig(); kc != "" {
+		fmt.Fprintf(stdout, "  kubectl --kubeconfig %s get pods -A\n", kc)
+	}
+	fmt.Fprintf(stdout, "  lab down%s\n", flags)
 	return nil
 }
 
@@ -348,7 +404,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(topo)
 	case "table":
-		fmt.Fprintf(stdout, "Lab %q, state %s, cluster state %s\n\n", l.Name(), l.StateDir(), l.ClusterDir())
+		fmt.Fprintf(stdout, "Lab %q, state %s, cluster state %s\n", l.Name(), l.StateDir(), l.ClusterDir())
+		if kc := l.Kubeconfig(); kc != "" {
+			fmt.Fprintf(stdout, "API server %s, kubeconfig %s (kubectl --kubeconfig %s get pods -A)\n", topo.Kube.Forward, kc, kc)
+		}
+		fmt.Fprintln(stdout)
 		printTopology(stdout, topo, true)
 		return nil
 	}
@@ -489,6 +549,10 @@ func printTopology(w io.Writer, t *lab.Topology, live bool) {
 		}
 		fmt.Fprintln(tw, "SPIRE SERVER\tNETNS\tADDRESS\tTRUST DOMAIN\tENTRIES\tSVID TTL\tSOCKET\tLOG")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n\n", pid(s.ServerPID), s.Netns, s.ServerAddress, s.TrustDomain, s.Entries, ttl, s.ServerSocket, s.ServerLog)
+	}
+	if k := t.Kube; k != nil {
+		fmt.Fprintln(tw, "KUBE-APISERVER\tNETNS\tADDRESS\tFORWARD (ROOT NETNS)\tETCD\tETCD PID\tKUBECONFIG\tNODES' KUBECONFIG\tLOG")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n\n", pid(k.APIServerPID), k.Netns, k.APIServer, k.Forward, k.Etcd, pid(k.EtcdPID), k.Kubeconfig, k.NodeKubeconfig, k.APIServerLog)
 	}
 	spire := t.SPIRE != nil
 	header := "NODE\tNETNS\tUNDERLAY IP\tPOD CIDR\tGATEWAY\tUNDERLAY PORT\tAGENT\tNODE PROXY"

@@ -22,7 +22,10 @@ func (l *Lab) ApplyFiles(ctx context.Context, paths ...string) error {
 // Apply makes the lab match objects, which describe the whole desired
 // cluster (like "kubectl apply --prune"): Namespaces, Services and other
 // objects are replaced in the cluster state (so the agents and node proxies
-// see, for example, changed namespace labels); new pods are created, pods
+// see, for example, changed namespace labels) and, with Kube, applied to
+// the API server (see Config.Kube; objects the lab applied before and
+// objects no longer has are deleted there, Namespaces excepted); new pods
+// are created, pods
 // that are gone are deleted (CNI DEL, teardown), and pods whose spec
 // changed are recreated with a new UID. A pod whose labels or annotations
 // changed keeps running and is updated in place. New nodes are added as
@@ -80,20 +83,22 @@ func (l *Lab) Apply(ctx context.Context, objects *cluster.Snapshot) error {
 	if err := st.allocate(objs); err != nil {
 		return fmt.Errorf("lab %s: apply: %w", st.Name, err)
 	}
+	prev := l.objs
 	l.objs = objs
 	if err := st.save(); err != nil {
 		return err
 	}
-	var newNodes bool
+	var added []*nodeState
 	for _, n := range st.Nodes {
 		if known[n.Name] {
 			continue
 		}
-		newNodes = true
+		added = append(added, n)
 		if err := l.createNode(ctx, n); err != nil {
 			return err
 		}
 	}
+	newNodes := len(added) > 0
 	if newNodes {
 		if err := syncRoutes(st.Nodes); err != nil {
 			return err
@@ -102,6 +107,14 @@ func (l *Lab) Apply(ctx context.Context, objects *cluster.Snapshot) error {
 	// Namespaces, Services, policies and pod label changes become visible.
 	if err := st.writeClusterState(l.objs); err != nil {
 		return err
+	}
+	if st.kube() {
+		if err := l.kubeRegisterNodes(ctx, added); err != nil {
+			return err
+		}
+		if err := l.kubeApplyObjects(ctx, prev, l.objs); err != nil {
+			return err
+		}
 	}
 	if err := l.syncServices(ctx); err != nil {
 		return err

@@ -55,6 +55,49 @@
 //     --spire-entries manage (creating the pods' entries under the node's
 //     alias) or off, the node proxies with --identity spire and the two
 //     agent sockets instead of --dev-ca-dir;
+//   - with Kube (also with NoPalisade), after SPIRE and before the agents
+//     and node proxies: a real etcd and kube-apiserver ("make kube" builds
+//     them from tools/kube), both inside the underlay netns. The lab gives
+//     br-underlay the address 10.88.0.1/24 (unless it has one), so the
+//     nodes reach the API server over the underlay. etcd listens on
+//     127.0.0.1:2379 (peer 2380) of that netns with its data in
+//     <state>/<name>/kube/etcd; the API server on https://10.88.0.1:6443
+//     with a self-signed serving certificate (SANs 10.88.0.1, 127.0.0.1,
+//     10.96.0.1, kubernetes, kubernetes.default[.svc[.cluster.local]],
+//     localhost), a static token file with one admin token in
+//     system:masters, RBAC authorization, a service account signing key
+//     pair (issuer KubeServiceAccountIssuer) and the Service CIDR
+//     10.96.0.0/16; keys and tokens in kube/pki, logs in kube/etcd.log and
+//     kube/apiserver.log. Up waits for etcd's /health and the API server's
+//     /readyz (with the token). For the root namespace a forwarder ("LAB_BIN
+//     forward", see RunForward) listens on 127.0.0.1:<free port> and
+//     connects each client to the API server from inside the underlay
+//     netns; it exits by itself when that netns goes. Two kubeconfigs
+//     carry the certificate and the token: <state>/<name>/kubeconfig
+//     (through the forwarder, for users, kubectl and tests) and
+//     <state>/<name>/kubeconfig-nodes (https://10.88.0.1:6443, for the
+//     agents and node proxies, which then run with --kubeconfig instead of
+//     --cluster). The lab applies stand-ins for Cilium's CNP and CCNP CRDs
+//     (kube_cilium_crds.yaml, schema-less) and the CRD manifests
+//     (Config.KubeCRDs, default manifests/crds) and waits until each is
+//     established; registers a Node per node (pod CIDR, InternalIP, Ready);
+//     applies the Namespaces, a ServiceAccount for every one the pods run
+//     as (created when missing, since no controller makes "default"), the
+//     Services with spec.clusterIP set to the lab's, and every other kind
+//     with server-side apply (field manager KubeFieldManager); and plays
+//     kubelet for every pod: the pod object (its UID becomes the pod's;
+//     containers without an image get DefaultContainerImage), the network,
+//     CNI ADD, the status with podIP(s), hostIP and phase Pending (a kubelet
+//     learns the IP from the CNI result), the containers, and once they are
+//     ready phase Running with the PodScheduled, Initialized,
+//     ContainersReady and Ready conditions True.
+//     Apply and DeletePod go through the API too: a deleted pod first gets
+//     a deletion timestamp (the user's delete), then its processes stop,
+//     CNI DEL runs, its network goes and the object is deleted (the
+//     kubelet's final delete); objects the lab applied and the YAML no
+//     longer has are deleted, except Namespaces (no namespace controller
+//     would finish deleting them). The cluster state files are still
+//     written;
 //   - unless NoPalisade: per node, palisade-agent and palisade-nodeproxy run
 //     inside the node netns, detached, logging to
 //     <state>/<name>/nodes/<node>/{agent,nodeproxy}.log; Up waits for the
@@ -76,7 +119,9 @@
 //
 // Everything the lab creates is recorded in <state>/<name>/lab.json before
 // it is created, so Down (and "lab down") can tear down a lab whose "up"
-// crashed at any point; it also removes stray "<name>-*" namespaces. No lab
+// crashed at any point; it also removes stray "<name>-*" namespaces. Down
+// stops the API server's forwarder, which runs in the root namespace, by
+// its recorded PID before it deletes the namespaces. No lab
 // address, route, rule or sysctl is ever configured in the root network
 // namespace: links are created from inside lab namespaces (a veth's peer is
 // created directly in its target namespace), and sysctls are written from a

@@ -60,6 +60,31 @@ type SPIREInfo struct {
 	BinDir  string `json:"binDir"`
 }
 
+// KubeInfo describes the lab's Kubernetes control plane (Config.Kube).
+type KubeInfo struct {
+	// Netns runs etcd and the API server (the lab's underlay netns).
+	Netns string `json:"netns"`
+	// APIServer is the API server's URL in Netns and from the nodes
+	// (https://<underlay bridge address>:6443), used by NodeKubeconfig.
+	APIServer string `json:"apiServer"`
+	// Forward is the forwarder's URL in the root netns
+	// (https://127.0.0.1:<port>), used by Kubeconfig.
+	Forward        string `json:"forward"`
+	Kubeconfig     string `json:"kubeconfig"`
+	NodeKubeconfig string `json:"nodeKubeconfig"`
+	// Etcd is etcd's client address in Netns.
+	Etcd string `json:"etcd"`
+	// PIDs are 0 for a process that is not running.
+	APIServerPID int    `json:"apiServerPID,omitempty"`
+	EtcdPID      int    `json:"etcdPID,omitempty"`
+	ForwarderPID int    `json:"forwarderPID,omitempty"`
+	APIServerLog string `json:"apiServerLog"`
+	EtcdLog      string `json:"etcdLog"`
+	ForwarderLog string `json:"forwarderLog"`
+	BinDir       string `json:"binDir"`
+	Kubectl      string `json:"kubectl,omitempty"`
+}
+
 // PodInfo describes one pod of the lab.
 type PodInfo struct {
 	Namespace      string     `json:"namespace"`
@@ -123,6 +148,28 @@ func (s *state) topology(objs *cluster.Snapshot) *Topology {
 		}
 		if s.SPIRE.SVIDTTL > 0 {
 			t.SPIRE.SVIDTTL = s.SPIRE.SVIDTTL.String()
+		}
+	}
+	if s.kube() {
+		k := s.Kube
+		t.Kube = &KubeInfo{
+			Netns: s.Underlay, APIServer: "https://" + s.kubeAPIServerAddr(),
+			Kubeconfig: s.kubeconfigPath(), NodeKubeconfig: s.nodeKubeconfigPath(),
+			Etcd:         fmt.Sprintf("127.0.0.1:%d", EtcdClientPort),
+			APIServerLog: s.kubeAPIServerLog(), EtcdLog: s.etcdLog(), ForwarderLog: s.kubeForwarderLog(),
+			BinDir: k.BinDir, Kubectl: k.Kubectl,
+		}
+		if k.ForwardPort != 0 {
+			t.Kube.Forward = "https://" + s.kubeForwardAddr()
+		}
+		if k.APIServer != nil {
+			t.Kube.APIServerPID = k.APIServer.PID
+		}
+		if k.Etcd != nil {
+			t.Kube.EtcdPID = k.Etcd.PID
+		}
+		if k.Forwarder != nil {
+			t.Kube.ForwarderPID = k.Forwarder.PID
 		}
 	}
 	for _, n := range s.Nodes {

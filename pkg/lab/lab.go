@@ -78,6 +78,28 @@ type Config struct {
 	// SPIREEntriesOff (whoever uses the lab, see Lab.SPIREServer). Needs
 	// IdentitySPIRE.
 	SPIREEntries string
+	// Kube runs a real etcd and kube-apiserver (also with NoPalisade), in
+	// the underlay netns: the lab applies the CRDs (KubeCRDs and stand-ins
+	// for Cilium's policy CRDs), creates the objects through the API
+	// (Namespaces, ServiceAccounts, Services with the lab's cluster IPs,
+	// every other kind by server-side apply), registers the nodes and plays
+	// kubelet for the pods (the pod object, then its network and CNI ADD,
+	// its status with IPs, its processes, Running and Ready). The agents
+	// and node proxies then follow the API server (--kubeconfig) instead of
+	// the cluster state files. LabBin serves the forwarder to the API
+	// server in the root netns (its hidden subcommand ForwardCommand). See
+	// Lab.Kubeconfig.
+	Kube bool
+	// KubeBinDir holds kube-apiserver and etcd (default: BinDir if they are
+	// there, else $PALISADE_TEST_BIN, else $PATH; "make kube" builds them
+	// and kubectl into .cache/test-bin); kubectl is looked up there, then
+	// in $PATH.
+	// Needs Kube.
+	KubeBinDir string
+	// KubeCRDs are CRD manifests (YAML files or directories of them)
+	// applied before the objects (default: the repository's manifests/crds
+	// next to BinDir or above the working directory, if there). Needs Kube.
+	KubeCRDs []string
 	// AgentArgs and NodeProxyArgs are appended to their command lines.
 	AgentArgs     []string
 	NodeProxyArgs []string
@@ -100,6 +122,8 @@ type Lab struct {
 	procs        *children
 	log          *slog.Logger
 	readyTimeout time.Duration
+	// kc are the API clients of a Kube lab, made on first use.
+	kc *kubeClients
 }
 
 // ErrExists is returned by Up when a lab of that name exists already.
@@ -157,7 +181,8 @@ func Decode(yamlText string) (*cluster.Snapshot, error) {
 }
 
 // Up builds a lab and returns once every agent, node proxy and pod (and,
-// with IdentitySPIRE, the SPIRE server and every SPIRE agent) is ready.
+// with IdentitySPIRE, the SPIRE server and every SPIRE agent; with Kube,
+// etcd and the API server) is ready.
 // On failure everything built is torn down again, unless cfg.Retain.
 func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Name == "" {
@@ -222,6 +247,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		Underlay: cfg.Name + "-underlay",
 	}
 	if err := configureSPIRE(cfg, st); err != nil {
+		return nil, fmt.Errorf("lab %s: %w", cfg.Name, err)
+	}
+	if err := configureKube(cfg, st); err != nil {
 		return nil, fmt.Errorf("lab %s: %w", cfg.Name, err)
 	}
 	if err := st.allocate(objs); err != nil {
@@ -321,6 +349,20 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	if st.spire() {
 		if err := l.startSPIRE(ctx); err != nil {
+			return err
+		}
+	}
+	if st.kube() {
+		if err := l.startKube(ctx); err != nil {
+			return err
+		}
+		if err := l.applyKubeCRDs(ctx); err != nil {
+			return err
+		}
+		if err := l.kubeRegisterNodes(ctx, st.Nodes); err != nil {
+			return err
+		}
+		if err := l.kubeApplyObjects(ctx, nil, l.objs); err != nil {
 			return err
 		}
 	}
@@ -433,6 +475,17 @@ func (l *Lab) Status() *Topology {
 	t := l.st.topology(l.objs)
 	if t.SPIRE != nil && !l.procs.alive(l.st.SPIRE.Server) {
 		t.SPIRE.ServerPID = 0
+	}
+	if k := t.Kube; k != nil {
+		if !l.procs.alive(l.st.Kube.Etcd) {
+			k.EtcdPID = 0
+		}
+		if !l.procs.alive(l.st.Kube.APIServer) {
+			k.APIServerPID = 0
+		}
+		if !l.procs.alive(l.st.Kube.Forwarder) {
+			k.ForwarderPID = 0
+		}
 	}
 	for i, n := range t.Nodes {
 		ns := l.st.node(n.Name)

@@ -35,6 +35,15 @@ func TestMain(m *testing.M) {
 	case NodeProxyBinary:
 		os.Exit(fakeNodeProxy(os.Args[1:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == ForwardCommand {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		if err := RunForward(ctx, os.Args[2:], slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && (os.Args[1] == "serve-http" || os.Args[1] == "serve-echo") {
 		fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 		def := ":8080"
@@ -98,6 +107,7 @@ func fakeAgent(args []string) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	node := fs.String("node", "", "")
 	clusterDir := fs.String("cluster", "", "")
+	kubeconfig := fs.String("kubeconfig", "", "")
 	proxySock := fs.String("proxy-socket", "", "")
 	cniSock := fs.String("cni-socket", "", "")
 	entries := fs.String("spire-entries", "", "")
@@ -109,8 +119,12 @@ func fakeAgent(args []string) int {
 		return 2
 	}
 	_, cerr := os.Stat(*clusterDir)
-	record(fmt.Sprintf("agent node=%s netns=%s cluster=%v proxy-socket=%s spire-entries=%s spire-server-socket=%s spire-node-id=%s trust-domain=%s spire-svid-ttl=%s",
-		*node, selfNetns(), cerr == nil, *proxySock, *entries, *serverSock, *nodeID, *td, *ttl))
+	record(fmt.Sprintf("agent node=%s netns=%s cluster=%v proxy-socket=%s spire-entries=%s spire-server-socket=%s spire-node-id=%s trust-domain=%s spire-svid-ttl=%s kubeconfig=%s",
+		*node, selfNetns(), cerr == nil, *proxySock, *entries, *serverSock, *nodeID, *td, *ttl, *kubeconfig))
+	if *kubeconfig != "" {
+		// Reach the API server from the node netns, as the real agent does.
+		go func() { record(fmt.Sprintf("agent-kube node=%s %s", *node, fakeKubeCheck(*kubeconfig))) }()
+	}
 	if os.Getenv("LAB_FAKE_AGENT") == "crash" {
 		fmt.Fprintln(os.Stderr, "fake agent: crashing on purpose")
 		return 3
@@ -137,6 +151,7 @@ func fakeNodeProxy(args []string) int {
 	fs := flag.NewFlagSet("nodeproxy", flag.ContinueOnError)
 	node := fs.String("node", "", "")
 	_ = fs.String("cluster", "", "")
+	kubeconfig := fs.String("kubeconfig", "", "")
 	_ = fs.String("agent-socket", "", "")
 	ca := fs.String("dev-ca-dir", "", "")
 	td := fs.String("trust-domain", "", "")
@@ -146,8 +161,8 @@ func fakeNodeProxy(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	record(fmt.Sprintf("nodeproxy node=%s netns=%s ca=%s td=%s identity=%s spire-admin-socket=%s spire-workload-socket=%s",
-		*node, selfNetns(), *ca, *td, *identity, *admin, *workload))
+	record(fmt.Sprintf("nodeproxy node=%s netns=%s ca=%s td=%s identity=%s spire-admin-socket=%s spire-workload-socket=%s kubeconfig=%s",
+		*node, selfNetns(), *ca, *td, *identity, *admin, *workload, *kubeconfig))
 	if *identity == IdentitySPIRE {
 		// Fetch our own SVID, as the real node proxy's SPIRE agent
 		// attests it.

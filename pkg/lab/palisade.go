@@ -21,14 +21,26 @@ import (
 func (s *state) agentSocket(node string) string { return filepath.Join(s.nodeDir(node), "cni.sock") }
 func (s *state) proxySocket(node string) string { return filepath.Join(s.nodeDir(node), "proxy.sock") }
 
+// clusterSourceArgs tell the agents and node proxies where the cluster
+// comes from: the lab's API server (--kubeconfig, with Config.Kube) or the
+// cluster state files (--cluster).
+func (s *state) clusterSourceArgs() []string {
+	if s.kube() {
+		return []string{"--kubeconfig", s.nodeKubeconfigPath()}
+	}
+	return []string{"--cluster", s.clusterDir()}
+}
+
 func (s *state) agentArgv(n *nodeState, ip string) []string {
 	argv := []string{ip, "netns", "exec", n.Netns,
 		filepath.Join(s.BinDir, AgentBinary),
 		"--node", n.Name,
-		"--cluster", s.clusterDir(),
+	}
+	argv = append(argv, s.clusterSourceArgs()...)
+	argv = append(argv,
 		"--proxy-socket", s.proxySocket(n.Name),
 		"--cni-socket", s.agentSocket(n.Name),
-	}
+	)
 	argv = append(argv, s.spireAgentArgs(n)...)
 	return append(argv, s.AgentArgs...)
 }
@@ -37,9 +49,9 @@ func (s *state) nodeProxyArgv(n *nodeState, ip string) []string {
 	argv := []string{ip, "netns", "exec", n.Netns,
 		filepath.Join(s.BinDir, NodeProxyBinary),
 		"--node", n.Name,
-		"--cluster", s.clusterDir(),
-		"--agent-socket", s.proxySocket(n.Name),
 	}
+	argv = append(argv, s.clusterSourceArgs()...)
+	argv = append(argv, "--agent-socket", s.proxySocket(n.Name))
 	if s.spire() {
 		argv = append(argv,
 			"--identity", IdentitySPIRE,

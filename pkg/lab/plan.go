@@ -457,6 +457,8 @@ type Topology struct {
 	// set for IdentitySPIRE.
 	Identity string     `json:"identity,omitempty"`
 	SPIRE    *SPIREInfo `json:"spire,omitempty"`
+	// Kube is set for a lab with a Kubernetes API server (Config.Kube).
+	Kube *KubeInfo `json:"kube,omitempty"`
 }
 
 // Plan validates objects and computes the topology a lab called name would

@@ -48,9 +48,11 @@ func (l *Lab) syncServices(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// createPods plays kubelet and CNI for new pods: network, hosts file,
-// cluster state (Pending, with IP), CNI ADD, init containers, containers,
-// readiness, then Running and Service endpoints. l.mu is held.
+// createPods plays kubelet and CNI for new pods: (with Kube, the pod object
+// first, whose UID the pod takes), network, hosts file, cluster state
+// (Pending, with IP), CNI ADD, (with Kube) the status with the pod's IP,
+// init containers, containers, readiness, then Running and Ready (cluster
+// state and status), and Service endpoints. l.mu is held.
 func (l *Lab) createPods(ctx context.Context, pods []*podState) error {
 	st := l.st
 	if len(pods) == 0 {
@@ -58,6 +60,11 @@ func (l *Lab) createPods(ctx context.Context, pods []*podState) error {
 	}
 	svcs := l.services()
 	for _, p := range pods {
+		if st.kube() {
+			if err := l.kubeCreatePod(ctx, l.objs.Pod(p.Namespace, p.Name), p); err != nil {
+				return err
+			}
+		}
 		n := st.node(p.Node)
 		st.addNetns(p.Netns)
 		st.addEtcDir(p.Netns)
@@ -72,7 +79,9 @@ func (l *Lab) createPods(ctx context.Context, pods []*podState) error {
 			return err
 		}
 		p.Phase = corev1.PodPending
-		p.CreatedAt = nowUTC()
+		if p.CreatedAt.IsZero() || !st.kube() {
+			p.CreatedAt = nowUTC()
+		}
 	}
 	if err := st.writeClusterState(l.objs); err != nil {
 		return err
@@ -88,6 +97,13 @@ func (l *Lab) createPods(ctx context.Context, pods []*podState) error {
 				return err
 			}
 			if err := l.cni(ctx, "ADD", p); err != nil {
+				return err
+			}
+		}
+		// A kubelet learns the pod's IP from the CNI result and reports
+		// it before it starts the containers.
+		if st.kube() {
+			if err := l.kubePodStatus(ctx, p); err != nil {
 				return err
 			}
 		}
@@ -123,10 +139,27 @@ func (l *Lab) createPods(ctx context.Context, pods []*podState) error {
 	if err := st.writeClusterState(l.objs); err != nil {
 		return err
 	}
+	if err := l.kubePodStatuses(ctx, pods); err != nil {
+		return err
+	}
 	if err := l.syncServices(ctx); err != nil {
 		return err
 	}
 	return st.save()
+}
+
+// kubePodStatuses reports the pods' status to the API server (with Kube);
+// l.mu is held.
+func (l *Lab) kubePodStatuses(ctx context.Context, pods []*podState) error {
+	if !l.st.kube() {
+		return nil
+	}
+	for _, p := range pods {
+		if err := l.kubePodStatus(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // containerEnv builds a container's environment the way the kubelet does:
@@ -481,6 +514,8 @@ func (c *children) exitCode(p *procState) int {
 
 // removePod tears a pod down: out of the Service endpoints, processes
 // stopped, CNI DEL, network and files removed, out of the cluster state.
+// With Kube it plays both sides of a pod deletion: the user's delete first
+// (the object gets a deletion timestamp), the kubelet's final delete last.
 // l.mu is held.
 func (l *Lab) removePod(ctx context.Context, p *podState) error {
 	st := l.st
@@ -490,6 +525,13 @@ func (l *Lab) removePod(ctx context.Context, p *podState) error {
 	grace := defaultGrace
 	if pod := l.objs.Pod(p.Namespace, p.Name); pod != nil && pod.Spec.TerminationGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	if st.kube() {
+		g := grace
+		if g < time.Second {
+			g = time.Second
+		}
+		errs = append(errs, l.kubeDeletePod(ctx, p, g))
 	}
 	if p.Phase == corev1.PodRunning {
 		p.Phase = corev1.PodPending
@@ -508,6 +550,9 @@ func (l *Lab) removePod(ctx context.Context, p *podState) error {
 		errs = append(errs, deleteLink(n.Netns, p.HostVeth))
 	}
 	errs = append(errs, l.sys.deleteNetns(ctx, p.Netns), removeEtcDir(p.Netns))
+	if st.kube() {
+		errs = append(errs, l.kubeDeletePod(ctx, p, 0))
+	}
 	st.removeNetns(p.Netns)
 	st.removeEtcDir(p.Netns)
 	st.removePod(p)

@@ -43,6 +43,8 @@ type procSpec struct {
 	env  []string
 	dir  string
 	log  string
+	// files are inherited as fds 3, 4, ...
+	files []*os.File
 }
 
 // start launches spec as a detached process: its own session (so it outlives
@@ -63,6 +65,7 @@ func (c *children) start(spec procSpec) (*procState, error) {
 	cmd.Dir = spec.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	cmd.ExtraFiles = spec.files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.name, err)

@@ -37,6 +37,9 @@ type state struct {
 	// IdentitySPIRE, in which case SPIRE describes the SPIRE deployment.
 	Identity string      `json:"identity,omitempty"`
 	SPIRE    *spireState `json:"spire,omitempty"`
+	// Kube describes the lab's etcd and kube-apiserver (Config.Kube); nil
+	// without them.
+	Kube *kubeState `json:"kube,omitempty"`
 
 	Underlay string `json:"underlay"`
 	// Netns lists every network namespace the lab created or was about to

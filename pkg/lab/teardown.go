@@ -14,7 +14,9 @@ import (
 
 // Down tears the lab down: it stops every pod process (SIGTERM, then
 // SIGKILL), runs CNI DEL for every pod, stops the node proxies and agents,
-// then the SPIRE agents and server (SIGTERM, then SIGKILL), kills anything else still inside a lab netns, deletes every netns of the
+// then the SPIRE agents and server, then the API server's forwarder, the
+// API server and etcd (SIGTERM, then SIGKILL), kills anything else still
+// inside a lab netns, deletes every netns of the
 // lab (also ones found only by the "<name>-" prefix), the /etc/netns/<netns>
 // directories and the state directory. It is idempotent and works on a lab
 // that was only partly built.
@@ -122,6 +124,10 @@ func (l *Lab) teardown(ctx context.Context) error {
 	// node proxies and agents, are gone). They run in the underlay netns,
 	// so step 4 would catch them too, without a chance to shut down.
 	addErr(l.stopSPIRE(ctx, defaultGrace))
+
+	// 3c. The API server forwarder (in the root netns, which step 4 does
+	// not sweep), the API server, then etcd.
+	addErr(l.stopKube(ctx, defaultGrace))
 
 	// 4. Every netns of the lab, and whatever still runs inside one.
 	names, err := l.labNetns()
