@@ -291,6 +291,11 @@ spec:
 		t.Fatalf("kubectl get l7policy does not show the Accepted column:\n%s", out)
 	}
 
+	// kubectl explain shows the documented schema.
+	if out := mustKubectl(t, l, "explain", "l7policy.spec"); !strings.Contains(out, "endpointSelector") || !strings.Contains(out, "ingressDeny") {
+		t.Fatalf("kubectl explain l7policy.spec lacks the fields:\n%s", out)
+	}
+
 	// Invalid: refused by the API server, naming the field.
 	out, err := kubectlApply(t, l, strings.Replace(strings.Replace(kubeWebPolicy, "name: web,", "name: broken,", 1), `"/public/.*"`, `"/a("`, 1))
 	if err == nil || !strings.Contains(err.Error(), "spec.ingress[0].toPorts[0].rules.http[0].path") {
