@@ -48,7 +48,7 @@ func kubeBinDir(t *testing.T) string {
 func upKubeLab(t *testing.T, yaml string) *lab.Lab {
 	t.Helper()
 	bin := kubeBinDir(t)
-	return upLabWith(t, "kb"+randHex(3), yaml, func(c *lab.Config) {
+	return upLabWith(t, "e2ekb"+randHex(3), yaml, func(c *lab.Config) {
 		c.Kube = true
 		c.KubeBinDir = bin
 		// kube-system exists on every API server (created by its own

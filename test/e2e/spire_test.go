@@ -63,7 +63,7 @@ func spireBinDir(t *testing.T) string {
 func upSPIRELab(t *testing.T, yaml string, svidTTL time.Duration, entries string) *lab.Lab {
 	t.Helper()
 	spireBin := spireBinDir(t)
-	return upLabWith(t, "sp"+randHex(3), yaml, func(c *lab.Config) {
+	return upLabWith(t, "e2esp"+randHex(3), yaml, func(c *lab.Config) {
 		c.Identity = "spire"
 		c.SPIREBinDir = spireBin
 		c.SPIRESVIDTTL = svidTTL
