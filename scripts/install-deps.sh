@@ -15,6 +15,11 @@ declare -A need=(
   [jq]=jq
   [nsenter]=util-linux
   [kcat]=kcat
+  # Only to regenerate pkg/datapath from bpf/ (go generate ./pkg/datapath) and
+  # for its up-to-date check; building uses the committed objects. bpf/include
+  # vendors the libbpf headers, so libbpf-dev is not needed.
+  [clang]=clang
+  [llvm-strip]=llvm
 )
 if [ "${PALISADE_BENCH_DEPS:-0}" = 1 ]; then
   need[iperf3]=iperf3
