@@ -2,13 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"google.golang.org/grpc"
 
 	"github.com/palisade-net/palisade/pkg/registration"
 	"github.com/palisade-net/palisade/pkg/workload"
@@ -24,6 +31,8 @@ const (
 type spireFlags struct {
 	entries     string
 	socket      string
+	addr        string
+	workload    string
 	nodeID      string
 	svidTTL     time.Duration
 	trustDomain string
@@ -35,7 +44,12 @@ func (f *spireFlags) register(fs *flag.FlagSet) {
 			"manage (the agent creates, repairs and deletes its own entries, marked with hint \""+registration.Hint+"\") "+
 			"or off (entries are someone else's job, e.g. spire-controller-manager)")
 	fs.StringVar(&f.socket, "spire-server-socket", "",
-		"the SPIRE server's local API socket (required with --spire-entries manage)")
+		"the SPIRE server's local API socket (with --spire-entries manage, this or --spire-server-addr)")
+	fs.StringVar(&f.addr, "spire-server-addr", "",
+		"the SPIRE server's API as host:port, reached with mutual TLS and the agent's own SVID, which must be an admin entry's "+
+			"(with --spire-entries manage when the server's socket is not local, e.g. an agent DaemonSet)")
+	fs.StringVar(&f.workload, "spire-workload-socket", "",
+		"the local SPIRE agent's Workload API socket, for the agent's own SVID (required with --spire-server-addr)")
 	fs.StringVar(&f.nodeID, "spire-node-id", "",
 		"this node's SPIFFE ID in SPIRE, the parent ID of its entries, e.g. spiffe://cluster.local/palisade/node/NODE (required with --spire-entries manage)")
 	fs.DurationVar(&f.svidTTL, "spire-svid-ttl", 0,
@@ -47,6 +61,8 @@ func (f *spireFlags) register(fs *flag.FlagSet) {
 type spireSettings struct {
 	manage      bool
 	socket      string
+	addr        string
+	workload    string
 	trustDomain spiffeid.TrustDomain
 	nodeID      spiffeid.ID
 	svidTTL     time.Duration
@@ -68,10 +84,15 @@ func (f *spireFlags) validate() (spireSettings, error) {
 		return s, fmt.Errorf("--spire-entries %q: want %s or %s", f.entries, spireEntriesManage, spireEntriesOff)
 	}
 	s.manage = true
-	if f.socket == "" {
-		return s, fmt.Errorf("--spire-server-socket is required with --spire-entries %s", spireEntriesManage)
+	switch {
+	case f.socket == "" && f.addr == "":
+		return s, fmt.Errorf("--spire-server-socket or --spire-server-addr is required with --spire-entries %s", spireEntriesManage)
+	case f.socket != "" && f.addr != "":
+		return s, fmt.Errorf("--spire-server-socket and --spire-server-addr exclude each other")
+	case f.addr != "" && f.workload == "":
+		return s, fmt.Errorf("--spire-workload-socket is required with --spire-server-addr (the agent's admin SVID)")
 	}
-	s.socket = f.socket
+	s.socket, s.addr, s.workload = f.socket, f.addr, f.workload
 	if f.nodeID == "" {
 		return s, fmt.Errorf("--spire-node-id is required with --spire-entries %s", spireEntriesManage)
 	}
@@ -101,9 +122,22 @@ func startSPIRE(ctx context.Context, s spireSettings, log *slog.Logger) (func([]
 		log.Info("SPIRE registration entries not managed by the agent", "spire_entries", spireEntriesOff)
 		return nil, func() {}, nil
 	}
-	conn, err := registration.Dial(s.socket)
+	var (
+		conn    *grpc.ClientConn
+		err     error
+		src     *lazySource
+		where   = "spire_server_socket"
+		address = s.socket
+	)
+	if s.addr != "" {
+		src = newLazySource(ctx, s.workload, log)
+		conn, err = registration.DialTCP(s.addr, src, s.trustDomain)
+		where, address = "spire_server_addr", s.addr
+	} else {
+		conn, err = registration.Dial(s.socket)
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("--spire-server-socket: %w", err)
+		return nil, nil, fmt.Errorf("--%s: %w", strings.ReplaceAll(where, "_", "-"), err)
 	}
 	rlog := log.With("subsystem", "spire-entries")
 	rec, err := registration.New(registration.Config{
@@ -122,7 +156,7 @@ func startSPIRE(ctx context.Context, s spireSettings, log *slog.Logger) (func([]
 		ttl = s.svidTTL.String()
 	}
 	log.Info("SPIRE registration entries managed by the agent", "spire_entries", spireEntriesManage,
-		"spire_server_socket", s.socket, "parent_id", s.nodeID.String(), "trust_domain", s.trustDomain.String(),
+		where, address, "parent_id", s.nodeID.String(), "trust_domain", s.trustDomain.String(),
 		"svid_ttl", ttl, "hint", registration.Hint)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -135,6 +169,9 @@ func startSPIRE(ctx context.Context, s spireSettings, log *slog.Logger) (func([]
 		cancel()
 		<-done
 		conn.Close()
+		if src != nil {
+			src.close()
+		}
 	}
 	return hook, stop, nil
 }
@@ -146,4 +183,55 @@ func serviceAccounts(ws []workload.Workload) []registration.ServiceAccount {
 		out = append(out, registration.ServiceAccount{Namespace: w.Namespace, Name: w.ServiceAccountOrDefault()})
 	}
 	return out
+}
+
+// lazySource is the agent's own X509-SVID and bundle from the local SPIRE
+// agent's Workload API. It is created in the background so that the agent
+// starts without waiting for SPIRE; until the first SVID arrives, TLS
+// handshakes fail and the reconciler retries.
+type lazySource struct {
+	cancel context.CancelFunc
+	src    atomic.Pointer[workloadapi.X509Source]
+}
+
+func newLazySource(ctx context.Context, socket string, log *slog.Logger) *lazySource {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &lazySource{cancel: cancel}
+	go func() {
+		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+socket)))
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Error("no SVID for the agent from the Workload API; SPIRE entries cannot be managed", "socket", socket, "error", err)
+			}
+			return
+		}
+		if svid, err := src.GetX509SVID(); err == nil {
+			log.Info("agent SVID for the SPIRE server API", "id", svid.ID.String())
+		}
+		l.src.Store(src)
+	}()
+	return l
+}
+
+var errNoSVIDYet = errors.New("no SVID from the Workload API yet")
+
+func (l *lazySource) GetX509SVID() (*x509svid.SVID, error) {
+	if s := l.src.Load(); s != nil {
+		return s.GetX509SVID()
+	}
+	return nil, errNoSVIDYet
+}
+
+func (l *lazySource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if s := l.src.Load(); s != nil {
+		return s.GetX509BundleForTrustDomain(td)
+	}
+	return nil, errNoSVIDYet
+}
+
+func (l *lazySource) close() {
+	l.cancel()
+	if s := l.src.Load(); s != nil {
+		s.Close()
+	}
 }

@@ -38,7 +38,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -336,6 +340,30 @@ func (r *Reconciler) Sync(ctx context.Context) (Result, error) {
 		r.log.Info("SPIRE registration entries in step", "created", res.Created, "updated", res.Updated, "deleted", res.Deleted, "unchanged", res.Unchanged, "foreign", res.Foreign)
 	}
 	return res, err
+}
+
+// DialTCP connects to the SPIRE server API over TCP (its bind address, as
+// agents on other hosts reach it) with mutual TLS: the caller presents the
+// X509-SVID of source, which must belong to a registration entry marked
+// admin, and requires the server to present spiffe://<td>/spire/server.
+// This is how an agent DaemonSet reaches a SPIRE server in another pod.
+func DialTCP(addr string, source interface {
+	x509svid.Source
+	x509bundle.Source
+}, td spiffeid.TrustDomain) (*grpc.ClientConn, error) {
+	if addr == "" {
+		return nil, errors.New("no SPIRE server address")
+	}
+	serverID, err := spiffeid.FromSegments(td, "spire", "server")
+	if err != nil {
+		return nil, fmt.Errorf("SPIRE server ID: %w", err)
+	}
+	creds := grpccredentials.MTLSClientCredentials(source, source, tlsconfig.AuthorizeID(serverID))
+	conn, err := grpc.NewClient("dns:///"+addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("SPIRE server API at %s: %w", addr, err)
+	}
+	return conn, nil
 }
 
 // Dial connects to the SPIRE server API on a unix socket (local callers

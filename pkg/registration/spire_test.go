@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 )
@@ -22,6 +23,7 @@ type spireServer struct {
 	bin    string
 	socket string
 	log    string
+	port   int
 }
 
 // requireSPIREServer returns the spire-server binary built by "make spire",
@@ -72,7 +74,7 @@ func startSPIREServer(t *testing.T) *spireServer {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 
-	s := &spireServer{bin: bin, socket: filepath.Join(sockDir, "api.sock"), log: filepath.Join(dir, "server.log")}
+	s := &spireServer{bin: bin, socket: filepath.Join(sockDir, "api.sock"), log: filepath.Join(dir, "server.log"), port: port}
 	conf := fmt.Sprintf(`server {
   trust_domain = "cluster.local"
   bind_address = "127.0.0.1"
@@ -412,4 +414,153 @@ func TestAgainstSPIREServer(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	checkForeignUntouched()
+}
+
+// startSPIREAgent runs a spire-agent attested to srv with a join token for
+// nodeID and returns its Workload API socket.
+func startSPIREAgent(t *testing.T, srv *spireServer, nodeID string) string {
+	t.Helper()
+	bin := filepath.Join(filepath.Dir(srv.bin), "spire-agent")
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no spire-agent next to spire-server (make spire builds both): %v", err)
+		}
+		t.Skipf("no spire-agent next to spire-server (make spire builds both): %v", err)
+	}
+	dir := t.TempDir()
+	sockDir, err := os.MkdirTemp("/tmp", "spire-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	run := func(args ...string) string {
+		t.Helper()
+		b, err := exec.Command(srv.bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("spire-server %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		return string(b)
+	}
+	bundle := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(bundle, []byte(run("bundle", "show", "-socketPath", srv.socket)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(run("token", "generate", "-socketPath", srv.socket, "-spiffeID", nodeID)), "Token:"))
+	sock := filepath.Join(sockDir, "api.sock")
+	conf := fmt.Sprintf(`agent {
+  trust_domain = "cluster.local"
+  server_address = "127.0.0.1"
+  server_port = "%d"
+  socket_path = %q
+  data_dir = %q
+  trust_bundle_path = %q
+  join_token = %q
+  log_level = "DEBUG"
+}
+
+plugins {
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  WorkloadAttestor "unix" {
+    plugin_data {}
+  }
+}
+`, srv.port, sock, filepath.Join(dir, "data"), bundle, token)
+	confPath := filepath.Join(dir, "agent.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "agent.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "-config", confPath)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start spire-agent: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		out.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(out.Name()); err == nil {
+				t.Logf("spire-agent:\n%s", tail(string(b), 60))
+			}
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if exec.Command(bin, "healthcheck", "-socketPath", sock).Run() == nil {
+			return sock
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("spire-agent exited during start-up: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("spire-agent not healthy after 60s")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// TestDialTCPWithAdminSVID reaches the server API over TCP with mutual TLS,
+// as an agent DaemonSet does: the caller's SVID comes from the local SPIRE
+// agent's Workload API and belongs to an admin entry.
+func TestDialTCPWithAdminSVID(t *testing.T) {
+	srv := startSPIREServer(t)
+	const node = "spiffe://cluster.local/palisade/node/t1"
+	sock := startSPIREAgent(t, srv, node)
+	srv.cli(t, "create", "-parentID", node, "-spiffeID", "spiffe://cluster.local/palisade/agent/t1", "-selector", "unix:uid:0", "-admin")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+sock)))
+	if err != nil {
+		t.Fatalf("agent SVID from the Workload API: %v", err)
+	}
+	defer src.Close()
+	conn, err := DialTCP(fmt.Sprintf("127.0.0.1:%d", srv.port), src, spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rec, err := New(Config{
+		Client:      entryv1.NewEntryClient(conn),
+		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
+		ParentID:    spiffeid.RequireFromString(node),
+		Logger:      testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Update([]ServiceAccount{{Namespace: "shop", Name: "web"}})
+	res, err := rec.Sync(ctx)
+	if err != nil || res.Created != 1 {
+		t.Fatalf("sync over TCP: %+v %v", res, err)
+	}
+	if out := srv.cli(t, "show", "-spiffeID", "spiffe://cluster.local/ns/shop/sa/web"); !strings.Contains(out, "Found 1 entry") {
+		t.Fatalf("entry not created over TCP:\n%s", out)
+	}
+
+	// A server presenting another identity than spiffe://<td>/spire/server
+	// is refused: here, the caller expects the server of another trust
+	// domain.
+	bad, err := DialTCP(fmt.Sprintf("127.0.0.1:%d", srv.port), src, spiffeid.RequireTrustDomainFromString("other.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if _, err := entryv1.NewEntryClient(bad).ListEntries(ctx, &entryv1.ListEntriesRequest{}); err == nil {
+		t.Fatal("a server of the wrong identity was accepted")
+	}
 }
