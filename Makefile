@@ -99,7 +99,7 @@ demo: deps build
 # mutual-TLS pair on a two-node lab; prints a table and rewrites the results
 # section of docs/benchmarks.md. BENCH_ARGS go to the benchmark program, for
 # example BENCH_ARGS="--pprof .cache/bench/pprof" or "--no-doc".
-bench: build bench-tools
+bench: build bench-tools kube
 	PALISADE_BENCH_DEPS=1 scripts/install-deps.sh
 	scripts/bench.sh $(BENCH_ARGS)
 

@@ -15,7 +15,10 @@
 //
 // Besides the fixed-rate latency runs it measures the highest rate each
 // path sustains (fortio at a 20,000 qps target over many connections) and
-// runs the policy engine's and the HTTP inspectors' Go benchmarks.
+// runs the policy engine's and the HTTP inspectors' Go benchmarks. The
+// enroll phase (enroll.go) builds a second lab, with a real kube-apiserver,
+// and measures how long 200 pods on two nodes take to be enrolled after
+// their namespace is labelled through the API.
 //
 // Every packet stays inside the lab's network namespaces; the lab is torn
 // down when the run ends, fails or is interrupted.
@@ -68,11 +71,15 @@ type config struct {
 	goBenchTime           time.Duration
 	maxResolution         float64
 	phasesFlag, pathsFlag string
+
+	kubeBinDir   string
+	enrollPods   int
+	enrollRounds int
 }
 
 // Phases and paths that --phases and --paths select from.
 var (
-	allPhases = []string{"gobench", "iperf", "latency", "one-conn", "max"}
+	allPhases = []string{"gobench", "enroll", "iperf", "latency", "one-conn", "max"}
 	allPaths  = []string{"direct", "palisade", "haproxy", "l7-10", "l7-1000", "same-node"}
 )
 
@@ -134,6 +141,9 @@ func main() {
 	flag.Float64Var(&c.maxResolution, "max-resolution", 0.0001, "fortio histogram resolution (-r, seconds) of the maximum-rate runs")
 	flag.IntVar(&c.goBenchCount, "gobench-count", 3, "runs of each Go benchmark (the median is reported)")
 	flag.DurationVar(&c.goBenchTime, "gobench-time", time.Second, "-test.benchtime of each Go benchmark run")
+	flag.StringVar(&c.kubeBinDir, "kube-bin-dir", ".cache/test-bin", "directory of kube-apiserver and etcd (make kube), for the enroll phase")
+	flag.IntVar(&c.enrollPods, "enroll-pods", 200, "pods of the enroll phase, spread over its two nodes")
+	flag.IntVar(&c.enrollRounds, "enroll-rounds", 3, "label/unlabel rounds of the enroll phase (the median is reported)")
 	flag.Parse()
 	c.maxLoad.Payload = c.load.Payload
 
@@ -167,7 +177,10 @@ func run(ctx context.Context, c config) (err error) {
 		c.noDoc = true
 	}
 	c.maxLoad.Resolution = c.maxResolution
-	for _, p := range []*string{&c.binDir, &c.toolsDir, &c.doc, &c.results, &c.pprofDir} {
+	if c.enrollPods < 2 || c.enrollRounds < 1 {
+		return errors.New("--enroll-pods must be at least 2 and --enroll-rounds at least 1")
+	}
+	for _, p := range []*string{&c.binDir, &c.toolsDir, &c.doc, &c.results, &c.pprofDir, &c.kubeBinDir} {
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
 				return err
@@ -176,10 +189,23 @@ func run(ctx context.Context, c config) (err error) {
 	}
 	// Pods find fortio on PATH (lab.yaml); the lab passes our PATH on.
 	os.Setenv("PATH", c.toolsDir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	// The lab's server pods run iperf3 and fortio (lab.yaml).
-	tools := []string{"fortio", "iperf3", "curl", "iptables-save"}
-	if c.paths["haproxy"] {
-		tools = append(tools, "haproxy", "openssl")
+	// The lab's server pods run iperf3 and fortio (lab.yaml); the enroll
+	// phase runs a lab of its own and only checks rules.
+	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"]
+	var tools []string
+	if needLab {
+		tools = append(tools, "fortio", "iperf3", "curl")
+		if c.paths["haproxy"] {
+			tools = append(tools, "haproxy", "openssl")
+		}
+	}
+	if needLab || c.phases["enroll"] {
+		tools = append(tools, "iptables-save")
+	}
+	if c.phases["enroll"] {
+		if err := checkKubeBinaries(c.kubeBinDir); err != nil {
+			return err
+		}
 	}
 	if c.phases["gobench"] {
 		tools = append(tools, "go")
@@ -211,7 +237,13 @@ func run(ctx context.Context, c config) (err error) {
 			return err
 		}
 	}
-	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"]
+	// Enrollment on a lab of its own with a real API server, before the
+	// main lab exists.
+	if c.phases["enroll"] {
+		if res.Enroll, err = runEnroll(ctx, c); err != nil {
+			return err
+		}
+	}
 	if !needLab {
 		return finish(c, res)
 	}

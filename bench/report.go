@@ -139,6 +139,7 @@ type results struct {
 	HAProxyAfterRSS     []float64       `json:"haproxyIdleAfterLoadRssMB,omitempty"`
 	PolicySwitches      []policySwitch  `json:"policySwitches,omitempty"`
 	GoBench             *goBenchResults `json:"goBenchmarks,omitempty"`
+	Enroll              *enrollResults  `json:"enroll,omitempty"`
 	Targets             []target        `json:"targets"`
 }
 
@@ -209,6 +210,7 @@ func (r *results) evaluate() {
 		})
 	}
 	r.evaluateL7()
+	r.evaluateEnroll()
 }
 
 // evaluateL7 adds the targets of the L7 issue.
@@ -328,6 +330,7 @@ func (r *results) tables() []table {
 	if t := r.maxTable(); t != nil {
 		out = append(out, *t)
 	}
+	out = append(out, r.enrollTables()...)
 	if t := r.goBenchTable(); t != nil {
 		out = append(out, *t)
 	}

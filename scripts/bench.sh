@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmark (make bench): direct vs Palisade vs an HAProxy mutual-TLS
-# pair on a two-node lab; prints a table and writes docs/benchmarks.md.
-# Needs root, bin/ (make build) and fortio in .cache/bench-bin (make
-# bench-tools); iperf3 and haproxy come from PALISADE_BENCH_DEPS=1
-# scripts/install-deps.sh. Extra arguments go to the benchmark program
-# (bench/main.go: --fortio-time, --iperf-time, --pprof DIR, --no-doc, ...).
+# pair on a two-node lab, and enrollment after a namespace label on a lab
+# with a real API server; prints a table and writes docs/benchmarks.md.
+# Needs root, bin/ (make build), fortio in .cache/bench-bin (make
+# bench-tools) and kube-apiserver and etcd in .cache/test-bin (make kube);
+# iperf3 and haproxy come from PALISADE_BENCH_DEPS=1 scripts/install-deps.sh.
+# Extra arguments go to the benchmark program (bench/main.go: --fortio-time,
+# --iperf-time, --pprof DIR, --no-doc, --phases, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,10 +35,13 @@ fi
 TMPDIR=$(mktemp -d /tmp/palisade-bench.XXXXXX)
 export TMPDIR
 cleanup() {
-  if [ -e "$STATE_DIR/$LAB_NAME/lab.json" ] || ip netns list 2>/dev/null | grep -q "^$LAB_NAME-"; then
-    echo "bench: tearing down the leftover lab $LAB_NAME" >&2
-    bin/lab down --name "$LAB_NAME" --state-dir "$STATE_DIR" >&2 || true
-  fi
+  # LAB_NAME is the main lab, ${LAB_NAME}k the enroll phase's (lab --kube).
+  for lab in "$LAB_NAME" "${LAB_NAME}k"; do
+    if [ -e "$STATE_DIR/$lab/lab.json" ] || ip netns list 2>/dev/null | grep -q "^$lab-"; then
+      echo "bench: tearing down the leftover lab $lab" >&2
+      bin/lab down --name "$lab" --state-dir "$STATE_DIR" >&2 || true
+    fi
+  done
   rm -rf "$TMPDIR"
 }
 trap cleanup EXIT

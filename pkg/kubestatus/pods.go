@@ -62,12 +62,31 @@ func (a *PodAnnotator) Update(list []agent.PodStatus) {
 	}
 }
 
+// annotationWorkers is how many PATCHes are in flight at once: a label
+// that enrolls a hundred pods on a node should not wait for a hundred
+// round trips in a row.
+const annotationWorkers = 4
+
 // Run writes annotations until ctx ends.
 func (a *PodAnnotator) Run(ctx context.Context) {
 	go func() {
 		<-ctx.Done()
 		a.queue.ShutDown()
 	}()
+	var wg sync.WaitGroup
+	for range annotationWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.work(ctx)
+		}()
+	}
+	wg.Wait()
+}
+
+// work takes keys off the queue until it shuts down; the queue never hands
+// the same key to two workers at once.
+func (a *PodAnnotator) work(ctx context.Context) {
 	for {
 		key, shutdown := a.queue.Get()
 		if shutdown {
