@@ -291,6 +291,8 @@ type workload struct {
 	spec                  *corev1.PodSpec
 	// claims are a StatefulSet's volume claim templates.
 	claims []string
+	// podAnnotations are the pod template's annotations.
+	podAnnotations map[string]string
 }
 
 func workloads(t *testing.T) []workload {
@@ -299,15 +301,15 @@ func workloads(t *testing.T) []workload {
 	for _, o := range allObjects(t) {
 		switch x := o.obj.(type) {
 		case *appsv1.DaemonSet:
-			out = append(out, workload{"DaemonSet", x.Namespace, x.Name, &x.Spec.Template.Spec, nil})
+			out = append(out, workload{"DaemonSet", x.Namespace, x.Name, &x.Spec.Template.Spec, nil, x.Spec.Template.Annotations})
 		case *appsv1.StatefulSet:
 			var claims []string
 			for _, c := range x.Spec.VolumeClaimTemplates {
 				claims = append(claims, c.Name)
 			}
-			out = append(out, workload{"StatefulSet", x.Namespace, x.Name, &x.Spec.Template.Spec, claims})
+			out = append(out, workload{"StatefulSet", x.Namespace, x.Name, &x.Spec.Template.Spec, claims, x.Spec.Template.Annotations})
 		case *appsv1.Deployment:
-			out = append(out, workload{"Deployment", x.Namespace, x.Name, &x.Spec.Template.Spec, nil})
+			out = append(out, workload{"Deployment", x.Namespace, x.Name, &x.Spec.Template.Spec, nil, x.Spec.Template.Annotations})
 		case *corev1.Pod, *appsv1.ReplicaSet:
 			t.Errorf("%s: %T is not expected in the manifests", o.file, x)
 		}
@@ -352,8 +354,9 @@ func TestContainers(t *testing.T) {
 		hostNetwork, hostPID bool
 	}
 	wants := map[string]want{
-		// setns (SYS_ADMIN); iptables/nft in pod netns (NET_ADMIN, NET_RAW).
-		"DaemonSet palisade-system/palisade-agent agent":       {caps: []string{"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}, hostNetwork: true, hostPID: true},
+		// setns (SYS_ADMIN); iptables/nft in pod netns and tc (NET_ADMIN,
+		// NET_RAW); the eBPF datapath (BPF, PERFMON).
+		"DaemonSet palisade-system/palisade-agent agent":       {caps: []string{"BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_ADMIN"}, hostNetwork: true, hostPID: true},
 		"DaemonSet palisade-system/palisade-agent install-cni": {hostNetwork: true, hostPID: true},
 		// setns (SYS_ADMIN); SO_MARK (NET_ADMIN).
 		"DaemonSet palisade-system/palisade-nodeproxy nodeproxy": {caps: []string{"NET_ADMIN", "SYS_ADMIN"}, hostNetwork: true},
@@ -524,6 +527,8 @@ func TestPaths(t *testing.T) {
 			hostPathOf(spireW.spec, spire, agentConf["socket_path"]), hostPathOf(proxyW.spec, proxy, pf["spire-workload-socket"]), true},
 		{"netns directory (agent --netns-dir on the node's /var/run/netns)",
 			hostPathOf(agentW.spec, agent, af["netns-dir"]), "/var/run/netns", true},
+		{"eBPF pins (agent --bpffs on the node's bpffs, /sys/fs/bpf)",
+			hostPathOf(agentW.spec, agent, af["bpffs"]), "/sys/fs/bpf/palisade", true},
 	} {
 		if tc.a == "" || tc.b == "" || tc.a != tc.b {
 			t.Errorf("%s: %q vs %q, want the same path on the node", tc.what, tc.a, tc.b)
@@ -533,6 +538,15 @@ func TestPaths(t *testing.T) {
 		if m.MountPath == af["netns-dir"] && (m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer) {
 			t.Error("the agent's netns mount needs mountPropagation HostToContainer to see pods created after it started")
 		}
+		if strings.HasPrefix(af["bpffs"], m.MountPath+"/") && (m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer) {
+			t.Error("the agent's bpffs mount needs mountPropagation HostToContainer to see a bpffs the node mounts after the agent started")
+		}
+	}
+	if _, ok := af["ebpf"]; ok || envOf(agent, "PALISADE_EBPF") != "auto" {
+		t.Errorf("agent: --ebpf=%q, PALISADE_EBPF=%q: want PALISADE_EBPF=auto (runs everywhere, iptables-only where eBPF cannot load; kubectl set env switches it)", af["ebpf"], envOf(agent, "PALISADE_EBPF"))
+	}
+	if port := strings.TrimPrefix(af["metrics-addr"], ":"); port == "" || agentW.podAnnotations["prometheus.io/port"] != port {
+		t.Errorf("agent --metrics-addr=%q vs prometheus.io/port %q", af["metrics-addr"], agentW.podAnnotations["prometheus.io/port"])
 	}
 	// The CNI script writes into these node directories.
 	for _, p := range []string{"/host/opt/cni/bin", "/host/etc/cni/net.d"} {

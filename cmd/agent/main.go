@@ -50,6 +50,21 @@ parent and hint; an equal entry managed by someone else is left alone. Use
 --spire-entries off (the default) when spire-controller-manager or an
 operator registers workloads.
 
+eBPF datapath (--ebpf auto|on|off, default auto): tc programs on the host
+side of each enrolled pod's veth mark enrolled traffic, drop TCP between
+enrolled pods that is not HBONE (even if the pod flushed its redirect rules)
+and plaintext connection attempts into strict pods, and count every packet.
+They are pinned under --bpffs (a directory on the host's bpffs, which the
+agent does not mount), so they keep guarding and counting across agent
+restarts. auto runs iptables-only, saying so once, where the host cannot load
+them (no CAP_BPF, no bpffs, an old kernel); on makes that fatal. Drops are
+logged and kept for GET /debug/drops on --cni-socket.
+
+Metrics (--metrics-addr, GET /metrics): palisade_datapath_mode, and with the
+eBPF datapath palisade_ebpf_packets_total and palisade_ebpf_bytes_total
+{pod, direction, verdict, reason}, palisade_ebpf_drop_events_lost_total,
+palisade_ebpf_counters_full_total and palisade_ebpf_endpoints.
+
 Usage:
   palisade-agent [flags]      run the agent
   palisade-agent cni          CNI plugin (invoked by the container runtime)
@@ -78,14 +93,19 @@ func run(args []string) error {
 		cniWait     = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
 		spireFlags  spireFlags
 		kube        kubeFlags
+		dpFlags     datapathFlags
 	)
 	spireFlags.register(fs)
 	kube.register(fs)
+	dpFlags.register(fs)
 	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
 		return err
 	}
 	spire, err := spireFlags.validate()
 	if err != nil {
+		return err
+	}
+	if err := dpFlags.validate(); err != nil {
 		return err
 	}
 	log := common.Logging.Logger(os.Stderr, "agent")
@@ -116,19 +136,42 @@ func run(args []string) error {
 		ks.start(ctx)
 	}
 
+	// The eBPF datapath, if any: its pinned programs keep guarding while
+	// the agent is down; Close leaves them in place.
+	dp, err := openDatapath(dpFlags, *node, log)
+	if err != nil {
+		return err
+	}
+	if dp != nil {
+		defer dp.Close()
+		runDatapath(ctx, dp, log)
+	}
+	reg, err := newRegistry(dp)
+	if err != nil {
+		return err
+	}
+	ms, err := serveMetrics(dpFlags.metricsAddr, reg, log)
+	if err != nil {
+		return err
+	}
+	if ms != nil {
+		defer ms.Close()
+	}
+
 	a := agent.New(agent.Config{
-		Node:    *node,
-		Proxy:   hs,
-		Rules:   agent.RedirectRules{Config: redirect.DefaultConfig()},
-		Finder:  &agent.Finder{NetnsDir: *netnsDir, Logger: log},
-		Logger:  log,
-		CNIWait: *cniWait,
+		Node:     *node,
+		Proxy:    hs,
+		Rules:    agent.RedirectRules{Config: redirect.DefaultConfig()},
+		Finder:   &agent.Finder{NetnsDir: *netnsDir, Logger: log},
+		Datapath: agentDatapath(dp),
+		Logger:   log,
+		CNIWait:  *cniWait,
 
 		OnEnrolled:  onEnrolled,
 		OnPodStatus: ks.onPodStatus(),
 	})
-	cs, err := cni.Listen(*cniSocket, cniHandler{a}, log)
-	if err != nil {
+	cs := cni.NewServer(cniHandler{a}, cni.ServerOptions{Logger: log, Debug: debugHandler(dp)})
+	if err := cs.Start(*cniSocket); err != nil {
 		return err
 	}
 	defer cs.Close()
@@ -141,7 +184,11 @@ func run(args []string) error {
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, ks.onSnapshot(a.OnSnapshot)) }()
 
-	log.Info("starting", "node", *node, "cluster", clusterPaths.String(), "proxy_socket", *proxySocket, "cni_socket", *cniSocket, "spire_entries", spireFlags.entries)
+	dpMode := modeIptablesOnly
+	if dp != nil {
+		dpMode = modeEBPF
+	}
+	log.Info("starting", "node", *node, "cluster", clusterPaths.String(), "proxy_socket", *proxySocket, "cni_socket", *cniSocket, "spire_entries", spireFlags.entries, "datapath", dpMode)
 	runErr := make(chan error, 1)
 	go func() {
 		runErr <- a.Run(ctx, func() {

@@ -59,6 +59,9 @@ lab up flags:
   --crds FILE_OR_DIR CRD manifests applied with --kube (repeatable; default: the
                      repository's manifests/crds next to --bin-dir or above the working
                      directory, skipped when there is none)
+  --ebpf             run the agents with the eBPF datapath (--ebpf on): the lab mounts a
+                     bpffs of its own per node on <state>/<name>/nodes/<node>/bpffs, passed
+                     as --bpffs, and unmounts it at down (default: agents run --ebpf off)
   --agent-arg ARG    extra argument for every agent (repeatable); --nodeproxy-arg likewise
   --timeout DUR      how long to wait for each agent, node proxy and pod to be ready (default 60s)
   --retain           keep what was built when up fails (default: clean up), for inspection
@@ -100,7 +103,8 @@ What up builds (i = node index in name order, from 1):
   <state>/<name>/cluster/       the cluster as the kube API would report it (pods with uid,
                                 podIP, Running, Ready; Services with clusterIP); the agents and
                                 node proxies read and watch it (--cluster)
-  <state>/<name>/nodes/<node>/  agent.log, nodeproxy.log, cni.sock, proxy.sock
+  <state>/<name>/nodes/<node>/  agent.log, nodeproxy.log, cni.sock, proxy.sock, and with
+                                --ebpf bpffs/ (a bpffs mount: the agent's pinned datapath)
   <state>/<name>/pods/          <ns>_<pod>.log
   <state>/<name>/ca/            the node proxies' development CA
   <state>/<name>/lab.json       everything needed to tear down, written as up goes
@@ -108,6 +112,7 @@ Service cluster IPs come from 10.96.0.0/16 unless spec.clusterIP is set.
 
 Per node, unless --no-palisade, inside the node netns:
   palisade-agent --node N --cluster DIR --proxy-socket nodes/N/proxy.sock --cni-socket nodes/N/cni.sock
+                 --ebpf off (with --ebpf: --ebpf on --bpffs nodes/N/bpffs)
   palisade-nodeproxy --node N --cluster DIR --agent-socket nodes/N/proxy.sock --dev-ca-dir ca --trust-domain TD
 (with --kube: --kubeconfig <state>/<name>/kubeconfig-nodes instead of --cluster DIR).
 up waits for GET /readyz on cni.sock and for http://127.0.0.1:15021/healthz/ready in the
@@ -290,6 +295,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	kubeBinDir := fs.String("kube-bin-dir", "", "directory of kube-apiserver and etcd")
 	var crds stringList
 	fs.Var(&crds, "crds", "CRD manifests for --kube (repeatable)")
+	ebpf := fs.Bool("ebpf", false, "run the agents with the eBPF datapath on a bpffs of the lab's")
 	fs.Var(&agentArgs, "agent-arg", "extra agent argument (repeatable)")
 	fs.Var(&proxyArgs, "nodeproxy-arg", "extra node proxy argument (repeatable)")
 	timeout := fs.Duration("timeout", lab.DefaultReadyTimeout, "readiness timeout")
@@ -341,7 +347,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Name: c.name, StateDir: c.stateDir, BinDir: *binDir, Files: files,
 		NoPalisade: *noPalisade, TrustDomain: *trustDomain,
 		Identity: *identity, SPIREBinDir: *spireBinDir, SPIREEntries: *spireEntries, SPIRESVIDTTL: *spireSVIDTTL,
-		Kube: *kube, KubeBinDir: *kubeBinDir, KubeCRDs: crds,
+		Kube: *kube, KubeBinDir: *kubeBinDir, KubeCRDs: crds, EBPF: *ebpf,
 		AgentArgs: agentArgs, NodeProxyArgs: proxyArgs,
 		ReadyTimeout: *timeout, Retain: *retain, Logger: c.logger(stderr),
 	})

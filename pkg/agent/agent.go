@@ -9,6 +9,11 @@
 // so that a pod never sends plaintext to an enrolled peer: the node proxy's
 // listeners are created before the redirect rules, and on removal the rules
 // go first; while rules exist but no proxy listens, connections are refused.
+//
+// With a kernel datapath (Config.Datapath, pkg/agent/ebpf) the agent also
+// keeps its table of the cluster's enrolled endpoints up to date on every
+// reconcile, and attaches its programs to each enrolled pod after the rules
+// (detaching them last on removal).
 package agent
 
 import (
@@ -47,6 +52,24 @@ type Rules interface {
 	Installed(ctx context.Context, h *netns.Handle) (bool, error)
 }
 
+// Datapath is the kernel datapath (eBPF) as the agent drives it
+// (implemented by pkg/agent/ebpf). It guards the host side of each enrolled
+// pod's interface, out of the pod's reach, in addition to the redirect
+// rules; without it (Config.Datapath nil) enforcement is iptables-only.
+type Datapath interface {
+	// SetEndpoints makes the guard's table of enrolled endpoints hold
+	// exactly eps: every pod of the cluster enrolled by policy, on this
+	// node and on the others, with its IPs and mode. It also drops what
+	// deleted interfaces left behind. It is called on every reconcile.
+	SetEndpoints(ctx context.Context, eps []workload.Workload) error
+	// Attach guards the pod of this node whose network namespace is h. It
+	// is idempotent, and takes over attachments left by an earlier agent.
+	Attach(ctx context.Context, w workload.Workload, h *netns.Handle) error
+	// Detach removes the guard from the pod whose network namespace is h.
+	// A pod without it, or whose interface is gone, is not an error.
+	Detach(ctx context.Context, w workload.Workload, h *netns.Handle) error
+}
+
 // NetnsFinder locates a pod's network namespace (implemented by *Finder).
 type NetnsFinder interface {
 	Find(uid, hint string, ips []netip.Addr) (*netns.Handle, string, error)
@@ -58,7 +81,9 @@ type Config struct {
 	Proxy  Proxy
 	Rules  Rules
 	Finder NetnsFinder
-	Logger *slog.Logger
+	// Datapath, when set, guards enrolled pods in the kernel as well.
+	Datapath Datapath
+	Logger   *slog.Logger
 	// CNIWait is how long a CNI ADD waits for the pod to appear in the
 	// cluster view before failing.
 	CNIWait time.Duration
@@ -276,6 +301,37 @@ func (a *Agent) notifyPodStatus() {
 	a.cfg.OnPodStatus(out)
 }
 
+// setEndpoints hands Config.Datapath every pod of the cluster enrolled by
+// policy that has an address (this node's pods deleted by CNI DEL aside).
+func (a *Agent) setEndpoints(ctx context.Context) error {
+	if a.cfg.Datapath == nil || a.snap == nil {
+		return nil
+	}
+	var eps []workload.Workload
+	for _, p := range a.snap.Pods {
+		ns := a.snap.Namespace(p.Namespace)
+		if !workload.PodEnrolled(ns, p) {
+			continue
+		}
+		w := workload.FromPod(ns, p)
+		if w.Node == a.cfg.Node {
+			if a.deleted[w.UID] {
+				continue
+			}
+			if len(w.IPs) == 0 {
+				w.IPs = a.cniIPs[w.UID]
+			}
+		}
+		if len(w.IPs) > 0 {
+			eps = append(eps, w)
+		}
+	}
+	if err := a.cfg.Datapath.SetEndpoints(ctx, eps); err != nil {
+		return fmt.Errorf("kernel datapath endpoints: %w", err)
+	}
+	return nil
+}
+
 // Reconcile converges the node to the current snapshot once.
 func (a *Agent) Reconcile(ctx context.Context) error {
 	a.mu.Lock()
@@ -287,6 +343,9 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error {
 	want := a.desired(a.snap)
 	var errs []error
+	if err := a.setEndpoints(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	// Removals first: pods that left, were unlabelled or opted out.
 	for _, uid := range slices.Sorted(maps.Keys(a.enrolled)) {
 		if only != nil && !only[uid] {
@@ -333,6 +392,9 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 		if cur.status == "enrolled" {
 			a.cfg.Rules.Remove(ctx, cur.ns)
 		}
+		if a.cfg.Datapath != nil {
+			a.cfg.Datapath.Detach(ctx, cur.wl, cur.ns)
+		}
 		cur.ns.Close()
 		delete(a.enrolled, w.UID)
 		cur = nil
@@ -363,6 +425,12 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 		cur.status = "failed: " + err.Error()
 		return fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err)
 	}
+	if a.cfg.Datapath != nil {
+		if err := a.cfg.Datapath.Attach(ctx, w, h); err != nil {
+			cur.status = "failed: " + err.Error()
+			return fmt.Errorf("enroll %s: kernel datapath: %w", w.Key(), err)
+		}
+	}
 	if perr != nil {
 		cur.status = "pending: node proxy not connected"
 		log.Warn("pod enrolled without a node proxy; its traffic is refused until one connects", "reason", perr)
@@ -384,6 +452,11 @@ func (a *Agent) unenroll(ctx context.Context, uid string) error {
 	}
 	if err := a.cfg.Proxy.DeleteWorkload(ctx, uid); err != nil && !errors.Is(err, handoff.ErrNoProxy) {
 		errs = append(errs, fmt.Errorf("node proxy: %w", err))
+	}
+	if a.cfg.Datapath != nil {
+		if err := a.cfg.Datapath.Detach(ctx, cur.wl, cur.ns); err != nil {
+			errs = append(errs, fmt.Errorf("kernel datapath: %w", err))
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("unenroll %s: %w", cur.wl.Key(), errors.Join(errs...))
@@ -424,6 +497,11 @@ func (a *Agent) cleanStrays(ctx context.Context, want map[string]workload.Worklo
 				errs = append(errs, fmt.Errorf("remove stray rules of %s/%s: %w", p.Namespace, p.Name, err))
 			} else {
 				a.log.Info("removed stray redirect rules", "pod", p.Namespace+"/"+p.Name)
+			}
+		}
+		if a.cfg.Datapath != nil {
+			if err := a.cfg.Datapath.Detach(ctx, workload.FromPod(a.snap.Namespace(p.Namespace), p), h); err != nil {
+				errs = append(errs, fmt.Errorf("remove stray datapath programs of %s/%s: %w", p.Namespace, p.Name, err))
 			}
 		}
 		h.Close()
@@ -511,10 +589,16 @@ func (a *Agent) PodDeleted(ctx context.Context, ev PodEvent) error {
 		a.deleted[uid] = true
 	}
 	a.notifyEnrolled()
-	if _, ok := a.enrolled[uid]; !ok {
-		return nil
+	var err error
+	if _, ok := a.enrolled[uid]; ok {
+		err = a.unenroll(ctx, uid)
 	}
-	return a.unenroll(ctx, uid)
+	// The pod's addresses leave the guard now rather than with the next
+	// cluster view (a reconcile retries on failure).
+	if derr := a.setEndpoints(ctx); derr != nil {
+		a.log.Warn("CNI DEL: kernel datapath endpoints not updated; the next reconcile retries", "pod", ev.Namespace+"/"+ev.Name, "error", derr)
+	}
+	return err
 }
 
 // RedirectRules adapts pkg/redirect to the Rules interface.

@@ -11,6 +11,8 @@ const (
 	PathAdd    = "/v1/cni/add"
 	PathDel    = "/v1/cni/del"
 	PathReadyz = "/readyz"
+	// PathDebug prefixes the agent's diagnostics (ServerOptions.Debug).
+	PathDebug = "/debug/"
 )
 
 // DefaultAgentSocket is where the plugin finds the agent unless the network

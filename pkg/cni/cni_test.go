@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -690,5 +691,33 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 	}
 	if _, err := ListenUnix(notSock); err == nil {
 		t.Error("ListenUnix over a regular file succeeded")
+	}
+}
+
+// TestServerDebug: paths under /debug/ go to ServerOptions.Debug, and are
+// 404 without it.
+func TestServerDebug(t *testing.T) {
+	sock, _ := startAgent(t, &fakeAgent{})
+	if code, body := do(t, agentClient(sock), "GET", "/debug/drops", nil); code != 404 || body["error"] == nil {
+		t.Errorf("/debug/drops without a debug handler: %d %v", code, body)
+	}
+	path := filepath.Join(t.TempDir(), "cni.sock")
+	s := NewServer(&fakeAgent{}, ServerOptions{Logger: testLogger(), Debug: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+	})})
+	if err := s.Start(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	c := agentClient(path)
+	if code, body := do(t, c, "GET", "/debug/drops", nil); code != 200 || body["path"] != "/debug/drops" {
+		t.Errorf("/debug/drops: %d %v", code, body)
+	}
+	if code, body := do(t, c, "GET", "/debugging", nil); code != 404 {
+		t.Errorf("/debugging: %d %v, want 404", code, body)
+	}
+	if code, _ := do(t, c, "GET", PathReadyz, nil); code != 503 {
+		t.Errorf("readyz with a debug handler: %d", code)
 	}
 }

@@ -47,6 +47,8 @@
 //	POST /v1/cni/add   body: PodEvent   → 200 {"status":"ok"} | 4xx/5xx {"error":"…"}
 //	POST /v1/cni/del   body: PodEvent   → same
 //	GET  /readyz                        → 200 {"status":"ready"} | 503 {"error":"…"}
+//	GET  /debug/…                       → ServerOptions.Debug (the agent's
+//	                                      /debug/drops), 404 without it
 //
 // Request bodies are limited in size. Server calls a Handler for add and
 // del; the handler's error text is what the plugin reports to the runtime,

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,12 +36,16 @@ type ServerOptions struct {
 	// ShutdownTimeout is how long Serve lets in-flight requests finish after
 	// its context ends; zero means 10s.
 	ShutdownTimeout time.Duration
+	// Debug serves the paths under PathDebug (the agent's diagnostics,
+	// such as /debug/drops); nil answers them 404.
+	Debug http.Handler
 }
 
 // Server serves the agent's CNI API (see the package documentation). It is
 // an http.Handler; Serve and ListenAndServe run it on a unix socket.
 type Server struct {
 	h        Handler
+	debug    http.Handler
 	log      *slog.Logger
 	maxBytes int64
 	shutdown time.Duration
@@ -54,7 +59,7 @@ type Server struct {
 // NewServer returns a Server calling h. It reports not ready until
 // SetReady(true).
 func NewServer(h Handler, opts ServerOptions) *Server {
-	s := &Server{h: h, log: opts.Logger, maxBytes: opts.MaxRequestBytes, shutdown: opts.ShutdownTimeout}
+	s := &Server{h: h, debug: opts.Debug, log: opts.Logger, maxBytes: opts.MaxRequestBytes, shutdown: opts.ShutdownTimeout}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -188,6 +193,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, http.StatusOK, statusBody{Status: "ready"})
 	default:
+		if s.debug != nil && strings.HasPrefix(r.URL.Path, PathDebug) {
+			s.debug.ServeHTTP(w, r)
+			return
+		}
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %q", r.URL.Path))
 	}
 }

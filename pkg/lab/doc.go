@@ -102,7 +102,11 @@
 //     inside the node netns, detached, logging to
 //     <state>/<name>/nodes/<node>/{agent,nodeproxy}.log; Up waits for the
 //     agent's GET /readyz on its CNI socket and the node proxy's
-//     127.0.0.1:15021/healthz/ready inside the node netns;
+//     127.0.0.1:15021/healthz/ready inside the node netns. The agents run
+//     with --ebpf off, or with EBPF with --ebpf on and --bpffs on a bpffs
+//     the lab mounts per node on <state>/<name>/nodes/<node>/bpffs before
+//     the agent starts (ip netns exec copies it into the agent's mount
+//     namespace);
 //   - per pod, after its network exists and before its containers start,
 //     CNI ADD of the chained plugin "palisade-agent cni" (and DEL on
 //     deletion), the way a container runtime calls it;
@@ -121,7 +125,9 @@
 // it is created, so Down (and "lab down") can tear down a lab whose "up"
 // crashed at any point; it also removes stray "<name>-*" namespaces. Down
 // stops the API server's forwarder, which runs in the root namespace, by
-// its recorded PID before it deletes the namespaces. No lab
+// its recorded PID before it deletes the namespaces, and unmounts every
+// mount under <state>/<name> (found in /proc/self/mountinfo, so also after
+// a crash) before it removes the state directory. No lab
 // address, route, rule or sysctl is ever configured in the root network
 // namespace: links are created from inside lab namespaces (a veth's peer is
 // created directly in its target namespace), and sysctls are written from a

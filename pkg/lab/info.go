@@ -33,6 +33,9 @@ type NodeInfo struct {
 	NodeProxyPID int    `json:"nodeProxyPID,omitempty"`
 	AgentLog     string `json:"agentLog,omitempty"`
 	NodeProxyLog string `json:"nodeProxyLog,omitempty"`
+	// BPFFS is the bpffs the lab mounted for the node's agent (its
+	// --bpffs) with Config.EBPF, "" without.
+	BPFFS string `json:"bpffs,omitempty"`
 	// With IdentitySPIRE: the node's SPIRE agent (0 when not running), its
 	// log, its Workload API and admin (Delegated Identity API) sockets.
 	SPIREAgentPID       int    `json:"spireAgentPID,omitempty"`
@@ -183,6 +186,9 @@ func (s *state) topology(objs *cluster.Snapshot) *Topology {
 		}
 		if n.NodeProxy != nil {
 			ni.NodeProxyPID, ni.NodeProxyLog = n.NodeProxy.PID, n.NodeProxy.Log
+		}
+		if s.EBPF && !s.NoPalisade {
+			ni.BPFFS = s.bpffsDir(n.Name)
 		}
 		if s.spire() {
 			ni.SPIREAgentLog = s.spireAgentLog(n.Name)

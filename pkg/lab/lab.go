@@ -100,6 +100,11 @@ type Config struct {
 	// applied before the objects (default: the repository's manifests/crds
 	// next to BinDir or above the working directory, if there). Needs Kube.
 	KubeCRDs []string
+	// EBPF runs the agents with the eBPF datapath (--ebpf on): the lab
+	// mounts a bpffs of its own for each node on <state>/nodes/<node>/bpffs
+	// (NodeInfo.BPFFS), passed as --bpffs, and unmounts it at teardown.
+	// Without it the agents run iptables-only (--ebpf off).
+	EBPF bool
 	// AgentArgs and NodeProxyArgs are appended to their command lines.
 	AgentArgs     []string
 	NodeProxyArgs []string
@@ -243,7 +248,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	st := &state{
 		Version: stateVersion, Name: cfg.Name, StateRoot: stateRoot,
 		BinDir: cfg.BinDir, LabBin: cfg.LabBin, NoPalisade: cfg.NoPalisade,
-		TrustDomain: cfg.TrustDomain, AgentArgs: cfg.AgentArgs, NodeProxyArgs: cfg.NodeProxyArgs,
+		TrustDomain: cfg.TrustDomain, AgentArgs: cfg.AgentArgs, NodeProxyArgs: cfg.NodeProxyArgs, EBPF: cfg.EBPF,
 		Underlay: cfg.Name + "-underlay",
 	}
 	if err := configureSPIRE(cfg, st); err != nil {
@@ -395,6 +400,13 @@ func (l *Lab) createNode(ctx context.Context, n *nodeState) error {
 	}
 	if err := st.save(); err != nil {
 		return err
+	}
+	if st.EBPF && !st.NoPalisade {
+		// Before the agent starts: "ip netns exec" copies the mounts into
+		// the agent's mount namespace when it starts.
+		if err := mountBPFFS(st.bpffsDir(n.Name)); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
 	}
 	l.log.Info("creating node", "node", n.Name, "netns", n.Netns, "underlayIP", n.UnderlayIP, "podCIDR", n.PodCIDR)
 	if err := l.sys.setupNode(ctx, st.Underlay, n); err != nil {

@@ -635,7 +635,7 @@ spec: {nodeName: node2, containers: [{name: c, command: ["sleep", "infinity"]}]}
 	for _, node := range []string{"node1", "node2"} {
 		ns, _ := l.NodeNetns(node)
 		inode := fmt.Sprintf("net:[%d]", netnsInode(ns))
-		if len(grepLines(rec, "agent node="+node+" ", "netns="+inode, "cluster=true", "proxy-socket="+filepath.Join(l.StateDir(), "nodes", node, "proxy.sock"))) != 1 {
+		if len(grepLines(rec, "agent node="+node+" ", "netns="+inode, "cluster=true", "proxy-socket="+filepath.Join(l.StateDir(), "nodes", node, "proxy.sock"), "ebpf=off bpffs= ")) != 1 {
 			t.Errorf("agent on %s not started once in its netns %s:\n%s", node, inode, strings.Join(rec, "\n"))
 		}
 		if len(grepLines(rec, "nodeproxy node="+node+" ", "netns="+inode, "ca="+l.CADir(), "td=cluster.local")) != 1 {
@@ -748,4 +748,72 @@ spec: {nodeName: node1, containers: [{name: c, command: ["sleep", "infinity"]}]}
 		t.Fatalf("up: %v", err)
 	}
 	checkNothingLeft(t, name, before, stateDir, nil)
+}
+
+// TestLabEBPF: with Config.EBPF each node's agent gets --ebpf on and
+// --bpffs on a bpffs the lab mounted (visible in the agent's own mount
+// namespace), also after a restart; down leaves no mount behind.
+func TestLabEBPF(t *testing.T) {
+	needRoot(t)
+	recordFile := filepath.Join(t.TempDir(), "record")
+	t.Setenv("LAB_FAKE_RECORD", recordFile)
+	name := labName(t)
+	stateDir := t.TempDir()
+	before := viewHost(t)
+	objs, err := Decode(`
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec: {nodeName: node1, containers: [{name: c, command: ["sleep", "infinity"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+spec: {nodeName: node2, containers: [{name: c, command: ["sleep", "infinity"]}]}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := upForTest(t, Config{Name: name, StateDir: stateDir, BinDir: fakeBinDir(t), Objects: objs, EBPF: true, Logger: testLogger(t), ReadyTimeout: 20 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, node := range []string{"node1", "node2"} {
+		dir := filepath.Join(l.StateDir(), "nodes", node, "bpffs")
+		if info, _ := l.Node(node); info.BPFFS != dir {
+			t.Errorf("node %s: BPFFS %q, want %q", node, info.BPFFS, dir)
+		}
+		if got := grepLines(readRecord(t, recordFile), "agent node="+node+" ", "ebpf=on bpffs="+dir+" bpffs-mounted=true"); len(got) != 1 {
+			t.Errorf("agent on %s not started with --ebpf on on its mounted bpffs:\n%s", node, strings.Join(readRecord(t, recordFile), "\n"))
+		}
+		if m, err := mountsUnder(dir); err != nil || len(m) != 1 {
+			t.Errorf("mounts on %s: %v %v, want the lab's bpffs", dir, m, err)
+		}
+	}
+	if err := l.StopAgent(ctx, "node1", 9); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(ctx, "node1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := grepLines(readRecord(t, recordFile), "agent node=node1 ", "ebpf=on", "bpffs-mounted=true"); len(got) != 2 {
+		t.Errorf("restarted agent does not see its bpffs:\n%s", strings.Join(readRecord(t, recordFile), "\n"))
+	}
+	if err := l.Down(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkNothingLeft(t, name, before, stateDir, nil)
+}
+
+func TestUnescapeMountPath(t *testing.T) {
+	for in, want := range map[string]string{
+		`/run/lab/nodes/n1/bpffs`:  "/run/lab/nodes/n1/bpffs",
+		`/tmp/with\040space/bpffs`: "/tmp/with space/bpffs",
+		`/tmp/tab\011and\134slash`: "/tmp/tab\tand\\slash",
+		`/tmp/trailing\04`:         `/tmp/trailing\04`,
+		`/tmp/not-octal\999/x`:     `/tmp/not-octal\999/x`,
+	} {
+		if got := unescapeMountPath(in); got != want {
+			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		}
+	}
 }

@@ -115,12 +115,18 @@ func fakeAgent(args []string) int {
 	nodeID := fs.String("spire-node-id", "", "")
 	td := fs.String("trust-domain", "", "")
 	ttl := fs.String("spire-svid-ttl", "", "")
+	ebpf := fs.String("ebpf", "", "")
+	bpffs := fs.String("bpffs", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	_, cerr := os.Stat(*clusterDir)
-	record(fmt.Sprintf("agent node=%s netns=%s cluster=%v proxy-socket=%s spire-entries=%s spire-server-socket=%s spire-node-id=%s trust-domain=%s spire-svid-ttl=%s kubeconfig=%s",
-		*node, selfNetns(), cerr == nil, *proxySock, *entries, *serverSock, *nodeID, *td, *ttl, *kubeconfig))
+	// What the real agent would need: the lab's bpffs, visible in the
+	// agent's own mount namespace; a directory in it stands for pins.
+	var st syscall.Statfs_t
+	bpffsMounted := *bpffs != "" && syscall.Statfs(*bpffs, &st) == nil && st.Type == 0xcafe4a11 /* BPF_FS_MAGIC */ && os.MkdirAll(filepath.Join(*bpffs, "links"), 0o700) == nil
+	record(fmt.Sprintf("agent node=%s netns=%s cluster=%v proxy-socket=%s spire-entries=%s spire-server-socket=%s spire-node-id=%s trust-domain=%s spire-svid-ttl=%s kubeconfig=%s ebpf=%s bpffs=%s bpffs-mounted=%v",
+		*node, selfNetns(), cerr == nil, *proxySock, *entries, *serverSock, *nodeID, *td, *ttl, *kubeconfig, *ebpf, *bpffs, bpffsMounted))
 	if *kubeconfig != "" {
 		// Reach the API server from the node netns, as the real agent does.
 		go func() { record(fmt.Sprintf("agent-kube node=%s %s", *node, fakeKubeCheck(*kubeconfig))) }()
@@ -304,7 +310,8 @@ func checkNothingLeft(t *testing.T, name string, before hostView, stateDir strin
 	// this lab must guarantee: none of its own is left (checked below), and
 	// nothing that existed before it and is not a test's was removed.
 	transient := func(n string) bool {
-		return isTestLab(n) || strings.HasPrefix(n, "palisade-test-") || strings.HasPrefix(n, "e2e") || strings.HasPrefix(n, "bench-")
+		return isTestLab(n) || strings.HasPrefix(n, "palisade-test-") || strings.HasPrefix(n, "e2e") || strings.HasPrefix(n, "bench-") ||
+			strings.HasPrefix(n, "pal-dp-") // pkg/datapath's tests
 	}
 	missing := func(beforeList, afterList []string) []string {
 		have := map[string]bool{}
@@ -335,6 +342,9 @@ func checkNothingLeft(t *testing.T, name string, before hostView, stateDir strin
 	}
 	if _, err := os.Stat(filepath.Join(stateDir, name)); !os.IsNotExist(err) {
 		t.Errorf("state dir %s still there (%v)", filepath.Join(stateDir, name), err)
+	}
+	if m, err := mountsUnder(filepath.Join(stateDir, name)); err != nil || len(m) > 0 {
+		t.Errorf("mounts left under the state dir: %v %v", m, err)
 	}
 	for _, pid := range pids {
 		if state, _, err := procStat(pid); err == nil && state != 'Z' {

@@ -42,6 +42,11 @@ func (s *state) agentArgv(n *nodeState, ip string) []string {
 		"--cni-socket", s.agentSocket(n.Name),
 	)
 	argv = append(argv, s.spireAgentArgs(n)...)
+	if s.EBPF {
+		argv = append(argv, "--ebpf", "on", "--bpffs", s.bpffsDir(n.Name))
+	} else {
+		argv = append(argv, "--ebpf", "off")
+	}
 	return append(argv, s.AgentArgs...)
 }
 

@@ -255,7 +255,7 @@ func TestSPIREConfig(t *testing.T) {
 
 	t.Run("agent and node proxy flags", func(t *testing.T) {
 		want := "ip netns exec lab-node-n1 /bin/palisade-agent --node n1 --cluster /run/x/lab/cluster --proxy-socket /run/x/lab/nodes/n1/proxy.sock --cni-socket /run/x/lab/nodes/n1/cni.sock" +
-			" --spire-entries manage --spire-server-socket /run/x/lab/spire/server/api.sock --spire-node-id spiffe://example.org/palisade/node/n1 --trust-domain example.org --spire-svid-ttl 1m30s --extra"
+			" --spire-entries manage --spire-server-socket /run/x/lab/spire/server/api.sock --spire-node-id spiffe://example.org/palisade/node/n1 --trust-domain example.org --spire-svid-ttl 1m30s --ebpf off --extra"
 		if got := strings.Join(st.agentArgv(n, "ip"), " "); got != want {
 			t.Errorf("agent:\n got %s\nwant %s", got, want)
 		}
@@ -267,7 +267,7 @@ func TestSPIREConfig(t *testing.T) {
 		off := *st
 		off.SPIRE = &spireState{Entries: SPIREEntriesOff, SVIDTTL: time.Minute}
 		got := strings.Join(off.agentArgv(n, "ip"), " ")
-		if !strings.HasSuffix(got, "/cni.sock --spire-entries off --extra") {
+		if !strings.HasSuffix(got, "/cni.sock --spire-entries off --ebpf off --extra") {
 			t.Errorf("agent with entries off: %s", got)
 		}
 	})

@@ -33,6 +33,9 @@ type state struct {
 	// AgentArgs and NodeProxyArgs are appended to the generated command lines.
 	AgentArgs     []string `json:"agentArgs,omitempty"`
 	NodeProxyArgs []string `json:"nodeProxyArgs,omitempty"`
+	// EBPF runs the agents with the eBPF datapath on a bpffs per node
+	// (bpffsDir), mounted when the node is created.
+	EBPF bool `json:"ebpf,omitempty"`
 	// Identity is IdentityDev ("" in labs from before it existed) or
 	// IdentitySPIRE, in which case SPIRE describes the SPIRE deployment.
 	Identity string      `json:"identity,omitempty"`
@@ -113,12 +116,13 @@ type procState struct {
 	Argv      []string `json:"argv"`
 }
 
-func (s *state) dir() string             { return filepath.Join(s.StateRoot, s.Name) }
-func (s *state) clusterDir() string      { return filepath.Join(s.dir(), "cluster") }
-func (s *state) caDir() string           { return filepath.Join(s.dir(), "ca") }
-func (s *state) file() string            { return filepath.Join(s.dir(), "lab.json") }
-func (s *state) podLogDir() string       { return filepath.Join(s.dir(), "pods") }
-func (s *state) nodeDir(n string) string { return filepath.Join(s.dir(), "nodes", n) }
+func (s *state) dir() string              { return filepath.Join(s.StateRoot, s.Name) }
+func (s *state) clusterDir() string       { return filepath.Join(s.dir(), "cluster") }
+func (s *state) caDir() string            { return filepath.Join(s.dir(), "ca") }
+func (s *state) file() string             { return filepath.Join(s.dir(), "lab.json") }
+func (s *state) podLogDir() string        { return filepath.Join(s.dir(), "pods") }
+func (s *state) nodeDir(n string) string  { return filepath.Join(s.dir(), "nodes", n) }
+func (s *state) bpffsDir(n string) string { return filepath.Join(s.nodeDir(n), "bpffs") }
 
 func (s *state) node(name string) *nodeState {
 	for _, n := range s.Nodes {

@@ -18,7 +18,8 @@ import (
 // API server and etcd (SIGTERM, then SIGKILL), kills anything else still
 // inside a lab netns, deletes every netns of the
 // lab (also ones found only by the "<name>-" prefix), the /etc/netns/<netns>
-// directories and the state directory. It is idempotent and works on a lab
+// directories, every mount under the state directory (the nodes' bpffs)
+// and the state directory. It is idempotent and works on a lab
 // that was only partly built.
 func (l *Lab) Down(ctx context.Context) error {
 	l.mu.Lock()
@@ -153,6 +154,10 @@ func (l *Lab) teardown(ctx context.Context) error {
 		addErr(removeEtcDir(d))
 	}
 	_ = os.Remove(etcNetnsDir) // only if empty
+
+	// 5b. Mounts under the state directory (the nodes' bpffs): their
+	// pins go with them, and with the pins the programs the agents left.
+	addErr(unmountUnder(st.dir()))
 
 	// 6. The state directory.
 	if err := os.RemoveAll(st.dir()); err != nil {
