@@ -79,7 +79,7 @@ type config struct {
 
 // Phases and paths that --phases and --paths select from.
 var (
-	allPhases = []string{"gobench", "enroll", "iperf", "latency", "one-conn", "max"}
+	allPhases = []string{"gobench", "enroll", "ebpf", "iperf", "latency", "one-conn", "max"}
 	allPaths  = []string{"direct", "palisade", "haproxy", "l7-10", "l7-1000", "same-node"}
 )
 
@@ -191,7 +191,7 @@ func run(ctx context.Context, c config) (err error) {
 	os.Setenv("PATH", c.toolsDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	// The lab's server pods run iperf3 and fortio (lab.yaml); the enroll
 	// phase runs a lab of its own and only checks rules.
-	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"]
+	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"] || c.phases["ebpf"]
 	var tools []string
 	if needLab {
 		tools = append(tools, "fortio", "iperf3", "curl")
@@ -269,6 +269,12 @@ func run(ctx context.Context, c config) (err error) {
 			logf("lab %q is down", c.name)
 		}
 	}()
+
+	if c.phases["ebpf"] {
+		if res.EBPF, err = runEBPF(ctx, l, tmp, c.goBenchCount, c.goBenchTime, c.iperfTime, c.rounds); err != nil {
+			return err
+		}
+	}
 
 	st := l.Status()
 	nodeProxies := []procRef{}

@@ -128,6 +128,7 @@ type results struct {
 	MaxSeconds     float64           `json:"maxSeconds"`
 	HAProxyTLS     string            `json:"haproxyTLS,omitempty"`
 	Scenarios      []*scenario       `json:"scenarios"`
+	EBPF           *ebpfResults      `json:"ebpf,omitempty"`
 	// RSS in MB of the two hops (client side, server side).
 	PalisadeIdleCPU  []float64 `json:"palisadeIdleCpuCores"`
 	HAProxyIdleCPU   []float64 `json:"haproxyIdleCpuCores,omitempty"`
@@ -824,6 +825,10 @@ func (r *results) markdown() string {
 				fmt.Fprintf(&b, "|%s\n", strings.Repeat(" --- |", len(row)))
 			}
 		}
+	}
+	if r.EBPF != nil {
+		b.WriteString("\n")
+		b.WriteString(r.EBPF.markdown())
 	}
 	b.WriteString("\n### Targets\n\n| target | result | status |\n| --- | --- | --- |\n")
 	for _, t := range r.Targets {
