@@ -140,7 +140,10 @@ type Agent struct {
 }
 
 type pod struct {
-	wl     workload.Workload
+	// awaitingProxy is set while the pod is enrolled without a node proxy
+	// connected; reconciles retry the hand-off until one takes it.
+	awaitingProxy bool
+	wl            workload.Workload
 	ns     *netns.Handle
 	path   string
 	inode  uint64
@@ -262,7 +265,7 @@ func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
 // Config.OnEnrolled. Unlike desired, it includes pods not running yet, so
 // that what they need (their SPIRE entry) can be ready when they start.
 func (a *Agent) notifyEnrolled() {
-	a.notifyPodStatus()
+	a.notifyPodStatus(false)
 	if a.cfg.OnEnrolled == nil || a.snap == nil {
 		return
 	}
@@ -279,8 +282,10 @@ func (a *Agent) notifyEnrolled() {
 }
 
 // notifyPodStatus hands Config.OnPodStatus the pods whose enrollment
-// annotation is out of date.
-func (a *Agent) notifyPodStatus() {
+// annotation is out of date. In the middle of a pass (partial), pods the
+// pass has not reached yet are left out: a restarted agent knows none of
+// them, and they are not "pending" just because their turn has not come.
+func (a *Agent) notifyPodStatus(partial bool) {
 	if a.cfg.OnPodStatus == nil || a.snap == nil {
 		return
 	}
@@ -292,6 +297,8 @@ func (a *Agent) notifyPodStatus() {
 			want = "pending: waiting for the pod's network namespace (CNI ADD)"
 			if cur := a.enrolled[uid]; cur != nil && cur.status != "" {
 				want = cur.status
+			} else if partial {
+				continue
 			}
 		}
 		if have := p.Annotations[EnrollmentAnnotation]; have != want {
@@ -365,6 +372,9 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 		if err := a.enroll(ctx, want[uid]); err != nil {
 			errs = append(errs, err)
 		}
+		// Each pod's status goes out as soon as it is known, not after
+		// the whole pass: a label enrolling a hundred pods shows progress.
+		a.notifyPodStatus(true)
 	}
 	a.notifyEnrolled()
 	if only == nil && !a.straysCleaned && a.snap != nil {
@@ -380,7 +390,7 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 
 func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 	cur := a.enrolled[w.UID]
-	if cur != nil && sameFacts(cur.wl, w) && cur.status == "enrolled" {
+	if cur != nil && sameFacts(cur.wl, w) && cur.status == "enrolled" && !cur.awaitingProxy {
 		return nil
 	}
 	var h *netns.Handle
@@ -432,15 +442,42 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 		}
 	}
 	if perr != nil {
-		cur.status = "pending: node proxy not connected"
-		log.Warn("pod enrolled without a node proxy; its traffic is refused until one connects", "reason", perr)
-		return nil
+		cur.awaitingProxy = true
+		// After an agent restart the node proxy is usually still running
+		// and serving the pod; it reconnects within moments and the
+		// snapshot replay hands it the pod. A pod the cluster view shows
+		// as enrolled keeps that status meanwhile, so the annotation does
+		// not flap; a new pod is pending. Either way the reconcile is
+		// retried until the proxy takes the pod.
+		if cur.status != "enrolled" && a.annotated(w) != "enrolled" {
+			cur.status = "pending: node proxy not connected"
+		} else {
+			cur.status = "enrolled"
+		}
+		log.Warn("pod enrolled without a node proxy connected; its new connections are refused until one takes it", "reason", perr)
+		return fmt.Errorf("enroll %s: %w", w.Key(), errAwaitingProxy)
 	}
-	if cur.status != "enrolled" {
+	if cur.status != "enrolled" || cur.awaitingProxy {
 		log.Info("pod enrolled", "mode", w.Mode, "ips", w.IPs)
 	}
+	cur.awaitingProxy = false
 	cur.status = "enrolled"
 	return nil
+}
+
+// errAwaitingProxy marks a reconcile incomplete (and so retried) while a
+// pod waits for a node proxy.
+var errAwaitingProxy = errors.New("waiting for the node proxy to connect")
+
+// annotated returns the pod's EnrollmentAnnotation in the cluster view.
+func (a *Agent) annotated(w workload.Workload) string {
+	if a.snap == nil {
+		return ""
+	}
+	if p := a.snap.Pod(w.Namespace, w.Name); p != nil && string(p.UID) == w.UID {
+		return p.Annotations[EnrollmentAnnotation]
+	}
+	return ""
 }
 
 func (a *Agent) unenroll(ctx context.Context, uid string) error {
@@ -463,7 +500,8 @@ func (a *Agent) unenroll(ctx context.Context, uid string) error {
 	}
 	cur.ns.Close()
 	delete(a.enrolled, uid)
-	delete(a.known, uid)
+	// The CNI-given namespace path stays (until CNI DEL): enrolling the
+	// pod again, when its namespace is labelled again, needs no scan.
 	log.Info("pod unenrolled")
 	return nil
 }

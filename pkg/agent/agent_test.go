@@ -204,8 +204,10 @@ func TestReconcile(t *testing.T) {
 func TestNoProxyStillInstallsRules(t *testing.T) {
 	a, j, _ := newTestAgent(t, fmt.Errorf("add: %w", handoff.ErrNoProxy))
 	a.OnSnapshot(snapshot(t, podsYAML))
-	if err := a.Reconcile(context.Background()); err != nil {
-		t.Fatal(err)
+	// The reconcile is incomplete (so Run retries it) until a proxy takes
+	// the pod.
+	if err := a.Reconcile(context.Background()); !errors.Is(err, errAwaitingProxy) {
+		t.Fatalf("reconcile without a proxy: %v, want errAwaitingProxy", err)
 	}
 	// Fail closed: the rules go in so the pod's traffic is refused, never
 	// sent in plaintext, until a proxy connects and gets the snapshot.
@@ -214,6 +216,46 @@ func TestNoProxyStillInstallsRules(t *testing.T) {
 	}
 	if st := a.Status()["shop/a"]; !strings.HasPrefix(st, "pending") {
 		t.Fatalf("status %q, want pending", st)
+	}
+}
+
+// TestRestartWithoutProxyKeepsEnrolledStatus: an agent restarting while
+// its node proxy has not reconnected yet keeps a pod the cluster view shows
+// as enrolled "enrolled" (no flapping annotation), and retries the hand-off
+// until the proxy takes it.
+func TestRestartWithoutProxyKeepsEnrolledStatus(t *testing.T) {
+	j := &journal{}
+	p := &fakeProxy{j: j, err: fmt.Errorf("add: %w", handoff.ErrNoProxy)}
+	rules := &fakeRules{j: j, installed: map[*netns.Handle]bool{}, names: map[*netns.Handle]string{}}
+	var statuses [][]PodStatus
+	a := New(Config{Node: "n1", Proxy: p, Rules: rules, Finder: &fakeFinder{t: t, rules: rules, missing: map[string]bool{}},
+		OnPodStatus: func(s []PodStatus) { statuses = append(statuses, s) }})
+	snap := snapshot(t, podsYAML)
+	for _, pod := range snap.Pods {
+		pod.Annotations = map[string]string{EnrollmentAnnotation: "enrolled"}
+	}
+	a.OnSnapshot(snap)
+	if err := a.Reconcile(context.Background()); !errors.Is(err, errAwaitingProxy) {
+		t.Fatalf("reconcile without a proxy: %v", err)
+	}
+	if st := a.Status()["shop/a"]; st != "enrolled" {
+		t.Fatalf("status %q, want enrolled kept", st)
+	}
+	for _, s := range statuses {
+		for _, ps := range s {
+			if ps.Name == "a" {
+				t.Fatalf("annotation of a would change to %q", ps.Status)
+			}
+		}
+	}
+	// The proxy is back: the retry hands it the pod.
+	p.err = nil
+	j.take()
+	if err := a.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.take(); !strings.Contains(got, "proxy-add:a") {
+		t.Fatalf("retry did not hand the pod to the proxy: %q", got)
 	}
 }
 
