@@ -17,29 +17,10 @@ import (
 	"github.com/palisade-net/palisade/pkg/lab"
 )
 
-// kubeBinDir returns the directory with kube-apiserver and etcd (built by
-// "make kube"); tests fail in CI and skip elsewhere when they are missing.
+// kubeBinDir returns the directory with kube-apiserver and etcd.
 func kubeBinDir(t *testing.T) string {
 	t.Helper()
-	requireRoot(t)
-	dir := os.Getenv("PALISADE_TEST_BIN")
-	if dir == "" {
-		root, err := filepath.Abs("../..")
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = filepath.Join(root, ".cache", "test-bin")
-	}
-	for _, b := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			msg := fmt.Sprintf("%s not built in %s: run make kube", b, dir)
-			if os.Getenv("CI") != "" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-	}
-	return dir
+	return builtTools(t, "kube", "kube-apiserver", "etcd")
 }
 
 // upKubeLab builds a lab backed by a real etcd and kube-apiserver: the

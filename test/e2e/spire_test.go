@@ -31,11 +31,11 @@ import (
 	"github.com/palisade-net/palisade/pkg/netns"
 )
 
-// spireBinDir returns the directory with spire-server and spire-agent
-// (built by "make spire" into $PALISADE_TEST_BIN or .cache/test-bin). The
-// build takes minutes, so tests do not start it themselves: they fail in CI
-// and skip elsewhere, saying how to build it.
-func spireBinDir(t *testing.T) string {
+// builtTools returns the directory holding the given test binaries (built
+// by make into $PALISADE_TEST_BIN or .cache/test-bin). The builds take
+// minutes, so tests do not start them: they fail in CI and skip elsewhere,
+// naming the make target.
+func builtTools(t *testing.T, target string, names ...string) string {
 	t.Helper()
 	requireRoot(t)
 	dir := os.Getenv("PALISADE_TEST_BIN")
@@ -46,9 +46,9 @@ func spireBinDir(t *testing.T) string {
 		}
 		dir = filepath.Join(root, ".cache", "test-bin")
 	}
-	for _, b := range []string{"spire-server", "spire-agent"} {
+	for _, b := range names {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			msg := fmt.Sprintf("%s not built in %s: run make spire (SPIRE v1.13.3 from tools/spire)", b, dir)
+			msg := fmt.Sprintf("%s not built in %s: run make %s", b, dir, target)
 			if os.Getenv("CI") != "" {
 				t.Fatal(msg)
 			}
@@ -56,6 +56,13 @@ func spireBinDir(t *testing.T) string {
 		}
 	}
 	return dir
+}
+
+// spireBinDir returns the directory with spire-server and spire-agent
+// (SPIRE v1.13.3 from tools/spire).
+func spireBinDir(t *testing.T) string {
+	t.Helper()
+	return builtTools(t, "spire", "spire-server", "spire-agent")
 }
 
 // upSPIRELab builds a lab whose node proxies take identities from a real
