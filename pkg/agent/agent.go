@@ -144,10 +144,10 @@ type pod struct {
 	// connected; reconciles retry the hand-off until one takes it.
 	awaitingProxy bool
 	wl            workload.Workload
-	ns     *netns.Handle
-	path   string
-	inode  uint64
-	status string
+	ns            *netns.Handle
+	path          string
+	inode         uint64
+	status        string
 }
 
 // New returns an agent. Call Run to start it.
