@@ -17,6 +17,7 @@ import (
 	"time"
 
 	pnetns "github.com/palisade-net/palisade/pkg/netns"
+	"github.com/palisade-net/palisade/pkg/redirect"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -400,7 +401,11 @@ func (l *Lab) waitPodReady(ctx context.Context, pod *corev1.Pod, p *podState) er
 // readinessCheck returns one probe attempt for the container, nil if there
 // is nothing to wait for.
 func (l *Lab) readinessCheck(pod *corev1.Pod, p *podState, c *corev1.Container, h *pnetns.Handle) func(context.Context) error {
-	dialer := &pnetns.Dialer{Netns: h}
+	// Probes carry the node proxy's mark, so an enrolled pod's redirect
+	// rules let them through to the app, as they let the kubelet's probes
+	// through: a probe to the pod IP captured by the proxy would be
+	// accepted by the proxy even before the app listens.
+	dialer := &pnetns.Dialer{Netns: h, Options: pnetns.SocketOptions{Mark: redirect.DefaultMark}}
 	dial := func(ctx context.Context, host string, port int32) error {
 		dctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -471,9 +472,26 @@ func TestEBPFGuard(t *testing.T) {
 	if got := linkPins(t, l, "node1"); !slices.Equal(got, pins) {
 		t.Errorf("link pins while the agent is down %v, want %v", got, pins)
 	}
+	agentLog := filepath.Join(l.StateDir(), "nodes", "node1", "agent.log")
+	restartMark := fileSize(t, agentLog)
 	if err := l.StartAgent(ctx, "node1"); err != nil {
 		t.Fatal(err)
 	}
+	// The restarted agent may reconcile before the node proxy has
+	// reconnected; it then retries the hand-off (re-installing rules) until
+	// the proxy takes the pod. Flushing rules before that would race it.
+	eventually(t, 20*time.Second, "the restarted agent hands the rogue pod to the node proxy", func() error {
+		data, err := os.ReadFile(agentLog)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(data[min(restartMark, int64(len(data))):]), "\n") {
+			if strings.Contains(line, `msg="pod enrolled"`) && strings.Contains(line, "pod=vault/rogue") {
+				return nil
+			}
+		}
+		return errors.New(`no "pod enrolled" line for vault/rogue since the restart`)
+	})
 	after := metricValue(agentMetrics(t, node1), "palisade_ebpf_packets_total", rogueDrops)
 	if after < before+2 {
 		t.Errorf("after the restart palisade_ebpf_packets_total{%s} = %v, want >= %v: the counters were reset or missed the downtime", rogueDrops, after, before+2)
@@ -509,4 +527,13 @@ func TestEBPFGuard(t *testing.T) {
 	})
 	mustEcho(t, client, echo2, "hbone-after-restart", 4096)
 	mustEcho(t, visitor, echo2, "permissive-after-restart", 4096)
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
 }
