@@ -12,15 +12,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -68,7 +67,10 @@ func RESTConfig(kubeconfig string) (*rest.Config, error) {
 // published only after every informer has synced, so a starting agent or
 // proxy never sees "no policies" for a moment.
 type KubeSource struct {
-	Client  kubernetes.Interface
+	// Dynamic is the only client: informers of unstructured objects,
+	// converted to the typed API objects when a snapshot is built, keep
+	// client-go's typed clientset and its scheme of every API group out of
+	// the node proxy (they doubled its resident memory).
 	Dynamic dynamic.Interface
 	// Resources are the policy kinds to follow (default PolicyResources).
 	Resources []schema.GroupVersionResource
@@ -83,15 +85,11 @@ type KubeSource struct {
 
 // NewKubeSource returns a source for the API server of cfg.
 func NewKubeSource(cfg *rest.Config, log *slog.Logger) (*KubeSource, error) {
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
-	return &KubeSource{Client: client, Dynamic: dyn, Logger: log}, nil
+	return &KubeSource{Dynamic: dyn, Logger: log}, nil
 }
 
 const snapshotKey = "snapshot"
@@ -125,29 +123,40 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 		DeleteFunc: func(any) { queue.AddAfter(snapshotKey, debounce) },
 	}
 
-	factory := informers.NewSharedInformerFactory(k.Client, 0)
-	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, 0)
-	defer factory.Shutdown()
-	defer dynFactory.Shutdown()
-
-	nsInf := factory.Core().V1().Namespaces()
-	podInf := factory.Core().V1().Pods()
-	svcInf := factory.Core().V1().Services()
-	esInf := factory.Discovery().V1().EndpointSlices()
-	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer(), esInf.Informer()} {
+	newInformer := func(gvr schema.GroupVersionResource) (cache.SharedIndexInformer, error) {
+		ri := k.Dynamic.Resource(gvr)
+		inf := cache.NewSharedIndexInformer(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return ri.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return ri.Watch(ctx, o)
+			},
+		}, &unstructured.Unstructured{}, 0, cache.Indexers{})
 		// Managed fields are the bulk of a pod object and nobody here
 		// reads them.
 		if err := inf.SetTransform(stripManagedFields); err != nil {
-			return fmt.Errorf("cluster: informer transform: %w", err)
+			return nil, fmt.Errorf("cluster: informer transform: %w", err)
 		}
 		if _, err := inf.AddEventHandler(changed); err != nil {
-			return fmt.Errorf("cluster: informer handler: %w", err)
+			return nil, fmt.Errorf("cluster: informer handler: %w", err)
 		}
+		go inf.RunWithContext(ctx)
+		return inf, nil
+	}
+
+	core := map[schema.GroupVersionResource]cache.SharedIndexInformer{}
+	for _, gvr := range []schema.GroupVersionResource{gvrNamespaces, gvrPods, gvrServices, gvrEndpointSlices} {
+		inf, err := newInformer(gvr)
+		if err != nil {
+			return err
+		}
+		core[gvr] = inf
 	}
 
 	var (
 		mu       sync.Mutex
-		policies = map[schema.GroupVersionResource]cache.GenericLister{}
+		policies = map[schema.GroupVersionResource]cache.SharedIndexInformer{}
 	)
 	// followPolicies starts informers for the policy kinds the server
 	// serves now and waits for them to sync.
@@ -161,30 +170,26 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 			if have {
 				continue
 			}
-			served, err := k.serves(gvr)
+			served, err := k.serves(ctx, gvr)
 			if err != nil {
 				return err
 			}
 			if !served {
 				continue
 			}
-			inf := dynFactory.ForResource(gvr)
-			if err := inf.Informer().SetTransform(stripManagedFields); err != nil {
-				return fmt.Errorf("cluster: informer transform: %w", err)
+			inf, err := newInformer(gvr)
+			if err != nil {
+				return err
 			}
-			if _, err := inf.Informer().AddEventHandler(changed); err != nil {
-				return fmt.Errorf("cluster: informer handler: %w", err)
-			}
-			started = append(started, inf.Informer().HasSynced)
+			started = append(started, inf.HasSynced)
 			names = append(names, gvr.Resource+"."+gvr.Group)
 			mu.Lock()
-			policies[gvr] = inf.Lister()
+			policies[gvr] = inf
 			mu.Unlock()
 		}
 		if len(started) == 0 {
 			return nil
 		}
-		dynFactory.Start(ctx.Done())
 		if !cache.WaitForCacheSync(ctx.Done(), started...) {
 			return ctx.Err()
 		}
@@ -193,72 +198,67 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 		return nil
 	}
 
-	factory.Start(ctx.Done())
 	if err := followPolicies(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("cluster: %v informer did not sync", typ)
+	var synced []cache.InformerSynced
+	for _, inf := range core {
+		synced = append(synced, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if ctx.Err() != nil {
+			return nil
 		}
+		return errors.New("cluster: informers did not sync")
 	}
 	log.Info("cluster view synced from the API server")
 
 	build := func() (*Snapshot, error) {
 		s := NewSnapshot()
-		nss, err := nsInf.Lister().List(labels.Everything())
-		if err != nil {
-			return nil, err
+		for _, o := range core[gvrNamespaces].GetStore().List() {
+			var ns corev1.Namespace
+			if err := fromUnstructured(o, &ns); err != nil {
+				return nil, err
+			}
+			s.Namespaces[ns.Name] = &ns
 		}
-		for _, ns := range nss {
-			s.Namespaces[ns.Name] = ns.DeepCopy()
-		}
-		pods, err := podInf.Lister().List(labels.Everything())
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range pods {
+		for _, o := range core[gvrPods].GetStore().List() {
+			var p corev1.Pod
+			if err := fromUnstructured(o, &p); err != nil {
+				return nil, err
+			}
 			if p.DeletionTimestamp != nil && p.Status.Phase != corev1.PodRunning {
 				continue
 			}
-			s.Pods = append(s.Pods, p.DeepCopy())
+			s.Pods = append(s.Pods, &p)
 		}
-		svcs, err := svcInf.Lister().List(labels.Everything())
-		if err != nil {
-			return nil, err
+		for _, o := range core[gvrServices].GetStore().List() {
+			var svc corev1.Service
+			if err := fromUnstructured(o, &svc); err != nil {
+				return nil, err
+			}
+			s.Services = append(s.Services, &svc)
 		}
-		for _, svc := range svcs {
-			s.Services = append(s.Services, svc.DeepCopy())
-		}
-		endpointSlices, err := esInf.Lister().List(labels.Everything())
-		if err != nil {
-			return nil, err
-		}
-		for _, es := range endpointSlices {
-			s.EndpointSlices = append(s.EndpointSlices, es.DeepCopy())
+		for _, o := range core[gvrEndpointSlices].GetStore().List() {
+			var es discoveryv1.EndpointSlice
+			if err := fromUnstructured(o, &es); err != nil {
+				return nil, err
+			}
+			s.EndpointSlices = append(s.EndpointSlices, &es)
 		}
 		mu.Lock()
-		listers := make([]cache.GenericLister, 0, len(policies))
+		var stores []cache.Store
 		for _, gvr := range resources {
-			if l := policies[gvr]; l != nil {
-				listers = append(listers, l)
+			if inf := policies[gvr]; inf != nil {
+				stores = append(stores, inf.GetStore())
 			}
 		}
 		mu.Unlock()
-		for _, l := range listers {
-			objs, err := l.List(labels.Everything())
-			if err != nil {
-				return nil, err
-			}
-			for _, o := range objs {
-				u, ok := o.(*unstructured.Unstructured)
-				if !ok {
-					continue
+		for _, st := range stores {
+			for _, o := range st.List() {
+				if u, ok := o.(*unstructured.Unstructured); ok {
+					s.Other = append(s.Other, u.DeepCopy())
 				}
-				s.Other = append(s.Other, u.DeepCopy())
 			}
 		}
 		s.Sort()
@@ -306,21 +306,38 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 	}
 }
 
-// serves reports whether the API server serves gvr (its CRD is installed).
-func (k *KubeSource) serves(gvr schema.GroupVersionResource) (bool, error) {
-	list, err := k.Client.Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
-	if err != nil {
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		return false, fmt.Errorf("discovery of %s: %w", gvr.GroupVersion(), err)
+// serves reports whether the API server serves gvr (its CRD is
+// installed): a one-item list answers NotFound when it does not.
+func (k *KubeSource) serves(ctx context.Context, gvr schema.GroupVersionResource) (bool, error) {
+	_, err := k.Dynamic.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
 	}
-	for _, r := range list.APIResources {
-		if r.Name == gvr.Resource {
-			return true, nil
-		}
+	return false, fmt.Errorf("looking for %s: %w", gvr, err)
+}
+
+// The core kinds every snapshot is built from.
+var (
+	gvrNamespaces     = corev1.SchemeGroupVersion.WithResource("namespaces")
+	gvrPods           = corev1.SchemeGroupVersion.WithResource("pods")
+	gvrServices       = corev1.SchemeGroupVersion.WithResource("services")
+	gvrEndpointSlices = discoveryv1.SchemeGroupVersion.WithResource("endpointslices")
+)
+
+// fromUnstructured converts an informer's object into a typed API object
+// (a fresh copy: consumers may not change the informer's cache).
+func fromUnstructured(o any, into any) error {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return fmt.Errorf("cluster: unexpected %T in an informer", o)
 	}
-	return false, nil
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into); err != nil {
+		return fmt.Errorf("cluster: %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
 }
 
 // Source is what both daemons run to learn the cluster: a FileSource in

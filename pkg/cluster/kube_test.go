@@ -11,31 +11,37 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
-	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestKubeSource runs the informer plumbing against client-go's fake
-// clients (the lab end-to-end tests run it against a real API server).
+// dynamic client (the lab end-to-end tests run it against a real API
+// server, including policy kinds that are not served).
 func TestKubeSource(t *testing.T) {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"palisade.dev/mtls": "enabled"}}}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10"}}
-	client := fake.NewClientset(ns, pod, svc)
+	toU := func(o runtime.Object, gvk schema.GroupVersionKind) *unstructured.Unstructured {
+		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{Object: m}
+		u.SetGroupVersionKind(gvk)
+		return u
+	}
+	ns := toU(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"palisade.dev/mtls": "enabled"}}}, corev1.SchemeGroupVersion.WithKind("Namespace"))
+	pod := toU(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}, corev1.SchemeGroupVersion.WithKind("Pod"))
+	svc := toU(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10"}}, corev1.SchemeGroupVersion.WithKind("Service"))
 	l7 := schema.GroupVersionResource{Group: "policy.palisade.dev", Version: "v1alpha1", Resource: "l7policies"}
-	cnp := schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
-	client.Resources = []*metav1.APIResourceList{{
-		GroupVersion: "policy.palisade.dev/v1alpha1",
-		APIResources: []metav1.APIResource{{Name: "l7policies", Namespaced: true, Kind: "L7Policy"}},
-	}} // cilium.io is not served: its informer must not start
 	policy := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "policy.palisade.dev/v1alpha1", "kind": "L7Policy",
 		"metadata": map[string]any{"name": "p1", "namespace": "shop"},
 		"spec":     map[string]any{"endpointSelector": map[string]any{}},
 	}}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{l7: "L7PolicyList", cnp: "CiliumNetworkPolicyList"}, policy)
+		map[schema.GroupVersionResource]string{
+			gvrNamespaces: "NamespaceList", gvrPods: "PodList", gvrServices: "ServiceList",
+			gvrEndpointSlices: "EndpointSliceList", l7: "L7PolicyList",
+		}, ns, pod, svc, policy)
 
-	src := &KubeSource{Client: client, Dynamic: dyn, Resources: []schema.GroupVersionResource{l7, cnp}, Debounce: time.Millisecond}
+	src := &KubeSource{Dynamic: dyn, Resources: []schema.GroupVersionResource{l7}, Debounce: time.Millisecond}
 	snaps := make(chan *Snapshot, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -72,8 +78,8 @@ func TestKubeSource(t *testing.T) {
 
 	// Changes arrive as new snapshots; snapshots are copies.
 	first.Pods[0].Labels = map[string]string{"mutated": "by a consumer"}
-	pod2 := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "shop", UID: "u2"}, Spec: corev1.PodSpec{NodeName: "n2"}}
-	if _, err := client.CoreV1().Pods("shop").Create(ctx, pod2, metav1.CreateOptions{}); err != nil {
+	pod2 := toU(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "shop", UID: "u2"}, Spec: corev1.PodSpec{NodeName: "n2"}}, corev1.SchemeGroupVersion.WithKind("Pod"))
+	if _, err := dyn.Resource(gvrPods).Namespace("shop").Create(ctx, pod2, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	s := waitSnap("the new pod", func(s *Snapshot) bool { return s.Pod("shop", "api") != nil })
