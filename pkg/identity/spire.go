@@ -259,18 +259,9 @@ func (p *SPIREProvider) subscribeLocked(id spiffeid.ID, sel []*types.Selector) *
 // follow keeps one identity's subscription up until it is released.
 func (p *SPIREProvider) follow(s *subscription) {
 	defer p.wg.Done()
-	backoff := minResubscribeBackoff
-	for {
-		started := p.now()
-		err := p.streamSVIDs(s)
-		if s.ctx.Err() != nil {
-			return
-		}
-		if p.now().Sub(started) > stableStream {
-			backoff = minResubscribeBackoff
-		}
+	p.keepStreaming(s.ctx, func() error { return p.streamSVIDs(s) }, func(err error, retryIn time.Duration) {
 		p.mu.Lock()
-		attrs := []any{"id", s.id.String(), "error", err, "retry_in", backoff}
+		attrs := []any{"id", s.id.String(), "error", err, "retry_in", retryIn}
 		if s.svid != nil {
 			attrs = append(attrs, "keeping_until", s.svid.Certificates[0].NotAfter)
 			s.reason = "SPIRE agent unreachable: " + err.Error()
@@ -280,8 +271,27 @@ func (p *SPIREProvider) follow(s *subscription) {
 		s.notifyLocked()
 		p.mu.Unlock()
 		p.log.Warn("SVID subscription broken; resubscribing", attrs...)
+	})
+}
+
+// keepStreaming runs stream again and again until ctx ends: after each
+// break, broken is told the error and the delay, which doubles from
+// minResubscribeBackoff to maxResubscribeBackoff and starts again after a
+// stream that lived longer than stableStream.
+func (p *SPIREProvider) keepStreaming(ctx context.Context, stream func() error, broken func(err error, retryIn time.Duration)) {
+	backoff := minResubscribeBackoff
+	for {
+		started := p.now()
+		err := stream()
+		if ctx.Err() != nil {
+			return
+		}
+		if p.now().Sub(started) > stableStream {
+			backoff = minResubscribeBackoff
+		}
+		broken(err, backoff)
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
@@ -438,28 +448,13 @@ func describeRPC(err error) error {
 // followBundles keeps the bundle subscription up until Close.
 func (p *SPIREProvider) followBundles() {
 	defer p.wg.Done()
-	backoff := minResubscribeBackoff
-	for {
-		started := p.now()
-		err := p.streamBundles()
-		if p.ctx.Err() != nil {
-			return
-		}
-		if p.now().Sub(started) > stableStream {
-			backoff = minResubscribeBackoff
-		}
+	p.keepStreaming(p.ctx, p.streamBundles, func(err error, retryIn time.Duration) {
 		p.mu.Lock()
 		p.bundleUp, p.bundleErr = false, err
 		n := len(p.bundles)
 		p.mu.Unlock()
-		p.log.Warn("trust bundle subscription broken; resubscribing", "error", err, "retry_in", backoff, "cached_bundles", n)
-		select {
-		case <-p.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, maxResubscribeBackoff)
-	}
+		p.log.Warn("trust bundle subscription broken; resubscribing", "error", err, "retry_in", retryIn, "cached_bundles", n)
+	})
 }
 
 func (p *SPIREProvider) streamBundles() error {

@@ -69,43 +69,15 @@ const annotationWorkers = 4
 
 // Run writes annotations until ctx ends.
 func (a *PodAnnotator) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		a.queue.ShutDown()
-	}()
-	var wg sync.WaitGroup
-	for range annotationWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.work(ctx)
-		}()
-	}
-	wg.Wait()
-}
-
-// work takes keys off the queue until it shuts down; the queue never hands
-// the same key to two workers at once.
-func (a *PodAnnotator) work(ctx context.Context) {
-	for {
-		key, shutdown := a.queue.Get()
-		if shutdown {
-			return
-		}
+	runQueue(ctx, a.queue, annotationWorkers, func(key types.NamespacedName) error {
 		a.mu.Lock()
 		ps, ok := a.want[key]
 		a.mu.Unlock()
-		if ok {
-			if err := a.write(ctx, ps); err != nil {
-				a.log.Warn("writing the pod's enrollment annotation failed; retrying", "pod", key.String(), "error", err)
-				a.queue.AddRateLimited(key)
-				a.queue.Done(key)
-				continue
-			}
+		if !ok {
+			return nil
 		}
-		a.queue.Forget(key)
-		a.queue.Done(key)
-	}
+		return a.write(ctx, ps)
+	}, a.log, "the pod's enrollment annotation")
 }
 
 func (a *PodAnnotator) write(ctx context.Context, ps agent.PodStatus) error {

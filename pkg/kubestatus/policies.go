@@ -120,6 +120,12 @@ func isOwned(o *unstructured.Unstructured) bool {
 }
 
 func currentAccepted(o *unstructured.Unstructured) *metav1.Condition {
+	return meta.FindStatusCondition(conditionsOf(o), v1alpha1.ConditionAccepted)
+}
+
+// conditionsOf decodes status.conditions of an unstructured object,
+// skipping entries that are not conditions.
+func conditionsOf(o *unstructured.Unstructured) []metav1.Condition {
 	raw, found, err := unstructured.NestedSlice(o.Object, "status", "conditions")
 	if err != nil || !found {
 		return nil
@@ -135,7 +141,7 @@ func currentAccepted(o *unstructured.Unstructured) *metav1.Condition {
 			conds = append(conds, c)
 		}
 	}
-	return meta.FindStatusCondition(conds, v1alpha1.ConditionAccepted)
+	return conds
 }
 
 func sameCondition(a, b metav1.Condition) bool {
@@ -144,29 +150,15 @@ func sameCondition(a, b metav1.Condition) bool {
 
 // Run writes statuses until ctx ends (only while leading).
 func (w *PolicyStatusWriter) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		w.queue.ShutDown()
-	}()
-	for {
-		ref, shutdown := w.queue.Get()
-		if shutdown {
-			return
-		}
+	runQueue(ctx, w.queue, 1, func(ref policy.ObjectRef) error {
 		w.mu.Lock()
 		ws, ok := w.want[ref]
 		w.mu.Unlock()
-		if ok && w.leading.Load() {
-			if err := w.write(ctx, ref, ws); err != nil {
-				w.log.Warn("writing policy status failed; retrying", "policy", ref.String(), "error", err)
-				w.queue.AddRateLimited(ref)
-				w.queue.Done(ref)
-				continue
-			}
+		if !ok || !w.leading.Load() {
+			return nil
 		}
-		w.queue.Forget(ref)
-		w.queue.Done(ref)
-	}
+		return w.write(ctx, ref, ws)
+	}, w.log, "policy status")
 }
 
 func (w *PolicyStatusWriter) write(ctx context.Context, ref policy.ObjectRef, ws wantStatus) error {
@@ -188,17 +180,7 @@ func (w *PolicyStatusWriter) write(ctx context.Context, ref policy.ObjectRef, ws
 	if cur.GetGeneration() != ws.obj.GetGeneration() {
 		return nil // the next snapshot brings the new generation's verdict
 	}
-	var conds []metav1.Condition
-	if raw, found, _ := unstructured.NestedSlice(cur.Object, "status", "conditions"); found {
-		for _, r := range raw {
-			if m, ok := r.(map[string]any); ok {
-				var c metav1.Condition
-				if runtime.DefaultUnstructuredConverter.FromUnstructured(m, &c) == nil {
-					conds = append(conds, c)
-				}
-			}
-		}
-	}
+	conds := conditionsOf(cur)
 	meta.SetStatusCondition(&conds, ws.cond)
 	out := make([]any, 0, len(conds))
 	for _, c := range conds {

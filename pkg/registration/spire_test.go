@@ -104,45 +104,57 @@ plugins {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := os.Create(filepath.Join(dir, "server.out"))
+	runDaemon(t, bin, confPath, filepath.Join(dir, "server.out"), []string{s.log}, 90*time.Second, func() error {
+		if b, err := exec.Command(bin, "healthcheck", "-socketPath", s.socket).CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, b)
+		}
+		return nil
+	})
+	return s
+}
+
+// runDaemon starts a SPIRE binary ("run -config conf") with its output in
+// out, kills it when the test ends (printing out and logs on failure) and
+// waits until healthy returns nil, failing early when it exits.
+func runDaemon(t *testing.T, bin, conf, out string, logs []string, wait time.Duration, healthy func() error) {
+	t.Helper()
+	f, err := os.Create(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "-config", confPath)
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd := exec.Command(bin, "run", "-config", conf)
+	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start spire-server: %v", err)
+		t.Fatalf("start %s: %v", filepath.Base(bin), err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-exited
-		out.Close()
+		f.Close()
 		if t.Failed() {
-			for _, f := range []string{out.Name(), s.log} {
-				if b, err := os.ReadFile(f); err == nil {
-					t.Logf("%s:\n%s", f, tail(string(b), 100))
+			for _, l := range append([]string{out}, logs...) {
+				if b, err := os.ReadFile(l); err == nil {
+					t.Logf("%s:\n%s", l, tail(string(b), 100))
 				}
 			}
 		}
 	})
-
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(wait)
 	for {
+		err := healthy()
+		if err == nil {
+			return
+		}
 		select {
 		case err := <-exited:
 			exited <- err
-			t.Fatalf("spire-server exited during start-up: %v", err)
+			t.Fatalf("%s exited during start-up: %v", filepath.Base(bin), err)
 		default:
 		}
-		hc := exec.Command(bin, "healthcheck", "-socketPath", s.socket)
-		b, err := hc.CombinedOutput()
-		if err == nil {
-			return s
-		}
 		if time.Now().After(deadline) {
-			t.Fatalf("spire-server not healthy after 90s: %v: %s", err, b)
+			t.Fatalf("%s not healthy after %s: %v", filepath.Base(bin), wait, err)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -474,43 +486,10 @@ plugins {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := os.Create(filepath.Join(dir, "agent.out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "-config", confPath)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start spire-agent: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		out.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(out.Name()); err == nil {
-				t.Logf("spire-agent:\n%s", tail(string(b), 60))
-			}
-		}
+	runDaemon(t, bin, confPath, filepath.Join(dir, "agent.out"), nil, 60*time.Second, func() error {
+		return exec.Command(bin, "healthcheck", "-socketPath", sock).Run()
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if exec.Command(bin, "healthcheck", "-socketPath", sock).Run() == nil {
-			return sock
-		}
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("spire-agent exited during start-up: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("spire-agent not healthy after 60s")
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	return sock
 }
 
 // TestDialTCPWithAdminSVID reaches the server API over TCP with mutual TLS,
