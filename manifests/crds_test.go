@@ -26,6 +26,7 @@ import (
 // The CRD files, as "make crds" names them.
 var crdFiles = []string{
 	"crds/policy.palisade.dev_clusterl7policies.yaml",
+	"crds/policy.palisade.dev_flowlogs.yaml",
 	"crds/policy.palisade.dev_l7policies.yaml",
 }
 
@@ -268,6 +269,37 @@ func TestCRDs(t *testing.T) {
 			checkCostBounds(t, root)
 		})
 	}
+}
+
+// TestFlowLogCRD checks the FlowLog CRD: cluster-scoped, with status, and
+// with the enums that make admission refuse unknown protocols and verdicts.
+func TestFlowLogCRD(t *testing.T) {
+	c := loadCRD(t, "crds/policy.palisade.dev_flowlogs.yaml")
+	s := c.Spec
+	if c.Metadata.Name != "flowlogs.policy.palisade.dev" || s.Scope != "Cluster" || s.Names.Kind != v1alpha1.KindFlowLog {
+		t.Fatalf("%s scope %s kind %s", c.Metadata.Name, s.Scope, s.Names.Kind)
+	}
+	v := s.Versions[0]
+	if v.Subresources == nil || v.Subresources.Status == nil {
+		t.Error("no status subresource")
+	}
+	root := v.Schema.OpenAPIV3Schema
+	for path, want := range map[string][]string{
+		"spec.protocols[]": {"tcp", "http", "grpc", "kafka"},
+		"spec.verdicts[]":  {"allowed", "denied", "failed", "revoked"},
+	} {
+		var got []string
+		for _, e := range nodeAt(t, root, path).Enum {
+			got = append(got, fmt.Sprint(e))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s enum %v, want %v", path, got, want)
+		}
+	}
+	if conds := nodeAt(t, root, "status.conditions"); conds.ListType != "map" {
+		t.Errorf("status.conditions: list type %q", conds.ListType)
+	}
+	checkDescriptions(t, root)
 }
 
 // checkRules checks that the CEL rules and patterns that make admission

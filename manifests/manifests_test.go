@@ -152,7 +152,7 @@ func TestKustomizeBuild(t *testing.T) {
 		}
 	}
 	want := map[string]int{
-		"CustomResourceDefinition": 2, "Namespace": 2, "ServiceAccount": 4,
+		"CustomResourceDefinition": 3, "Namespace": 2, "ServiceAccount": 4,
 		"ClusterRole": 4, "ClusterRoleBinding": 4, "Role": 2, "RoleBinding": 2,
 		"ConfigMap": 5, "Service": 1, "StatefulSet": 1, "DaemonSet": 3,
 	}

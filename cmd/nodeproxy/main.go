@@ -12,10 +12,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/palisade-net/palisade/internal/cli"
 	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/handoff"
 	"github.com/palisade-net/palisade/pkg/identity"
 	"github.com/palisade-net/palisade/pkg/nodeproxy"
@@ -69,6 +71,10 @@ func run(args []string) error {
 		metricsAddr  = fs.String("metrics-addr", ":15020", "Prometheus metrics address")
 		readyAddr    = fs.String("ready-addr", ":15021", "readiness address")
 		drainTimeout = fs.Duration("drain-timeout", 25*time.Second, "how long connections may finish after SIGTERM")
+		flowLog      = fs.String("flow-log", "/var/log/palisade/flows.jsonl", "flow log file: JSON lines of the connections and requests FlowLog objects select (empty: no file)")
+		flowLogMB    = fs.Int64("flow-log-max-mb", 100, "size cap of each flow log file in MiB; the file is rotated when a record would pass it")
+		flowLogFiles = fs.Int("flow-log-max-files", 5, "flow log files kept, the current one included (at most max-mb × max-files on disk)")
+		telemetry    = fs.String("telemetry", "on", "on: flow records and per-connection/per-request metrics; off: neither (to measure their cost)")
 	)
 	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
 		return err
@@ -111,11 +117,35 @@ func run(args []string) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 
+	if *telemetry != "on" && *telemetry != "off" {
+		return fmt.Errorf("--telemetry: %q is neither on nor off", *telemetry)
+	}
+	reg := prometheus.NewRegistry()
+	recMetrics := flowlog.NewMetrics(reg)
+	var file *flowlog.File
+	if *flowLog != "" && *telemetry == "on" {
+		if *flowLogMB < 1 || *flowLogFiles < 1 {
+			return fmt.Errorf("--flow-log-max-mb and --flow-log-max-files must be at least 1")
+		}
+		file, err = flowlog.OpenFile(flowlog.FileConfig{
+			Path: *flowLog, MaxBytes: *flowLogMB << 20, MaxFiles: *flowLogFiles,
+		}, recMetrics, log)
+		if err != nil {
+			return err
+		}
+		log.Info("flow log", "path", *flowLog, "max_mb", *flowLogMB, "max_files", *flowLogFiles)
+	}
+	records := flowlog.NewPipeline(flowlog.NewHub(2000, recMetrics), file)
+	defer records.Close()
+
 	proxy, err := nodeproxy.New(nodeproxy.Config{
-		Node:        *node,
-		TrustDomain: td,
-		Identities:  ids,
-		Logger:      log,
+		Node:             *node,
+		TrustDomain:      td,
+		Identities:       ids,
+		Logger:           log,
+		Registry:         reg,
+		Records:          records,
+		DisableTelemetry: *telemetry == "off",
 	})
 	if err != nil {
 		return err

@@ -27,10 +27,12 @@ import (
 )
 
 // PolicyResources are the policy kinds a KubeSource follows when the API
-// server serves them: Palisade's own and, for migration, Cilium's.
+// server serves them: Palisade's own (with FlowLog, which selects what the
+// node proxies log) and, for migration, Cilium's.
 var PolicyResources = []schema.GroupVersionResource{
 	{Group: "policy.palisade.dev", Version: "v1alpha1", Resource: "l7policies"},
 	{Group: "policy.palisade.dev", Version: "v1alpha1", Resource: "clusterl7policies"},
+	{Group: "policy.palisade.dev", Version: "v1alpha1", Resource: "flowlogs"},
 	{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"},
 	{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"},
 }

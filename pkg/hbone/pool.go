@@ -69,6 +69,9 @@ type PoolConfig struct {
 	HandshakeTimeout time.Duration
 	// Tuning sets HTTP/2 windows, frame size and keepalive.
 	Tuning Tuning
+	// OnHandshake, when set, is told how long each TLS handshake took and
+	// whether it failed (for metrics).
+	OnHandshake func(d time.Duration, err error)
 }
 
 // Pool opens HBONE streams over pooled HTTP/2 connections. It is safe for
@@ -278,7 +281,12 @@ func (p *Pool) dialConn(ctx context.Context, key Key, dialTCP DialFunc) (*client
 	}
 	raw := newBufConn(c, p.batch)
 	tc := tls.Client(raw, clientTLSConfig(svid, p.cfg.Identities, key.Dst))
-	if err := tc.HandshakeContext(ctx); err != nil {
+	start := time.Now()
+	err = tc.HandshakeContext(ctx)
+	if p.cfg.OnHandshake != nil {
+		p.cfg.OnHandshake(time.Since(start), err)
+	}
+	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("hbone: TLS handshake with %s at %s: %w", key.Dst, key.DstAddr, err)
 	}

@@ -99,6 +99,9 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// Tuning sets HTTP/2 windows, frame size and keepalive.
 	Tuning Tuning
+	// OnHandshake, when set, is told how long each TLS handshake took and
+	// whether it failed (for metrics).
+	OnHandshake func(d time.Duration, err error)
 }
 
 // Server serves HBONE for one local workload identity. Create it with
@@ -255,7 +258,12 @@ func (s *Server) handshake(c net.Conn) (*serverConn, error) {
 	defer cancel()
 	raw := newBufConn(c, s.batch)
 	tc := tls.Server(raw, s.tlsConf)
-	if err := tc.HandshakeContext(ctx); err != nil {
+	start := time.Now()
+	err := tc.HandshakeContext(ctx)
+	if s.cfg.OnHandshake != nil {
+		s.cfg.OnHandshake(time.Since(start), err)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
 	cs := tc.ConnectionState()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/palisade-net/palisade/pkg/apis/policy/v1alpha1"
 	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/policy"
 )
 
@@ -30,10 +32,12 @@ import (
 var (
 	L7PolicyResource        = v1alpha1.GroupVersion().WithResource("l7policies")
 	ClusterL7PolicyResource = v1alpha1.GroupVersion().WithResource("clusterl7policies")
+	FlowLogResource         = v1alpha1.GroupVersion().WithResource("flowlogs")
 )
 
 // PolicyStatusWriter sets the Accepted condition of every L7Policy and
-// ClusterL7Policy from what policy.Compile reports about it, while Leading.
+// ClusterL7Policy from what policy.Compile reports about it, and of every
+// FlowLog from what flowlog.Compile reports, while Leading.
 // Every agent runs one; leader election makes one of them write.
 type PolicyStatusWriter struct {
 	dyn   dynamic.Interface
@@ -90,14 +94,22 @@ func (w *PolicyStatusWriter) OnSnapshot(s *cluster.Snapshot) {
 		}
 	}
 	_, problems := policy.Compile(objs)
+	flowLogs, flowProblems := flowLogObjects(s.Other)
 	now := w.now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	seen := map[policy.ObjectRef]bool{}
-	for _, o := range objs {
-		ref, _ := policy.RefOf(o)
+	for _, o := range append(objs, flowLogs...) {
+		var ref policy.ObjectRef
+		var cond metav1.Condition
+		if flowlog.IsFlowLog(o) {
+			ref = policy.ObjectRef{Kind: v1alpha1.KindFlowLog, Name: o.GetName()}
+			cond = flowLogCondition(flowProblems[o.GetName()], o.GetGeneration(), now)
+		} else {
+			ref, _ = policy.RefOf(o)
+			cond = policy.AcceptedCondition(ref, problems, o.GetGeneration(), now)
+		}
 		seen[ref] = true
-		cond := policy.AcceptedCondition(ref, problems, o.GetGeneration(), now)
 		if cur := currentAccepted(o); cur != nil && sameCondition(*cur, cond) {
 			delete(w.want, ref)
 			continue
@@ -112,6 +124,36 @@ func (w *PolicyStatusWriter) OnSnapshot(s *cluster.Snapshot) {
 			delete(w.want, ref)
 		}
 	}
+}
+
+// flowLogObjects returns the FlowLogs among objs and the problems of each
+// by name.
+func flowLogObjects(objs []*unstructured.Unstructured) ([]*unstructured.Unstructured, map[string][]string) {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if flowlog.IsFlowLog(o) {
+			out = append(out, o)
+		}
+	}
+	_, problems := flowlog.Compile(out)
+	byName := map[string][]string{}
+	for _, p := range problems {
+		byName[p.Name] = append(byName[p.Name], p.Message)
+	}
+	return out, byName
+}
+
+// flowLogCondition is a FlowLog's Accepted condition.
+func flowLogCondition(problems []string, generation int64, now metav1.Time) metav1.Condition {
+	c := metav1.Condition{
+		Type: v1alpha1.ConditionAccepted, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonAccepted,
+		Message: "the node proxies record the flows it selects", ObservedGeneration: generation, LastTransitionTime: now,
+	}
+	if len(problems) > 0 {
+		c.Status, c.Reason = metav1.ConditionFalse, v1alpha1.ReasonInvalid
+		c.Message = "ignored: " + strings.Join(problems, "; ")
+	}
+	return c
 }
 
 func isOwned(o *unstructured.Unstructured) bool {
@@ -162,11 +204,14 @@ func (w *PolicyStatusWriter) Run(ctx context.Context) {
 }
 
 func (w *PolicyStatusWriter) write(ctx context.Context, ref policy.ObjectRef, ws wantStatus) error {
-	gvr := L7PolicyResource
-	var ri dynamic.ResourceInterface = w.dyn.Resource(gvr).Namespace(ws.obj.GetNamespace())
-	if ws.obj.GetKind() == v1alpha1.KindClusterL7Policy {
-		gvr = ClusterL7PolicyResource
-		ri = w.dyn.Resource(gvr)
+	var ri dynamic.ResourceInterface
+	switch ws.obj.GetKind() {
+	case v1alpha1.KindClusterL7Policy:
+		ri = w.dyn.Resource(ClusterL7PolicyResource)
+	case v1alpha1.KindFlowLog:
+		ri = w.dyn.Resource(FlowLogResource)
+	default:
+		ri = w.dyn.Resource(L7PolicyResource).Namespace(ws.obj.GetNamespace())
 	}
 	// Start from the latest object so that the write does not conflict
 	// with spec changes made since the snapshot.
@@ -196,7 +241,7 @@ func (w *PolicyStatusWriter) write(ctx context.Context, ref policy.ObjectRef, ws
 	if _, err := ri.UpdateStatus(ctx, cur, metav1.UpdateOptions{FieldManager: "palisade-agent"}); err != nil {
 		return fmt.Errorf("update status of %s: %w", ref, err)
 	}
-	w.log.Info("policy status", "policy", ref.String(), "accepted", string(ws.cond.Status), "reason", ws.cond.Reason, "message", ws.cond.Message)
+	w.log.Info("status", "object", ref.String(), "accepted", string(ws.cond.Status), "reason", ws.cond.Reason, "message", ws.cond.Message)
 	return nil
 }
 

@@ -30,12 +30,14 @@ var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 // the given policy YAML, without listeners.
 func testProxy(t *testing.T, pods map[string]string, policies ...string) *Proxy {
 	t.Helper()
+	m, recs := newTestProxyRecords(prometheus.NewRegistry())
 	p := &Proxy{
 		cfg:          Config{TrustDomain: td, DialTimeout: time.Second},
 		log:          slog.New(slog.DiscardHandler),
 		flows:        newRing[Flow](16),
 		requests:     newRing[Request](16),
-		metrics:      newMetrics(prometheus.NewRegistry()),
+		metrics:      m,
+		records:      recs,
 		inspectors:   inspectors(),
 		clusterReady: make(chan struct{}),
 	}

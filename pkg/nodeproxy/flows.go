@@ -2,6 +2,8 @@ package nodeproxy
 
 import (
 	"sync"
+
+	"github.com/palisade-net/palisade/pkg/flowlog"
 	"time"
 )
 
@@ -27,6 +29,10 @@ type Flow struct {
 	Protocol     string    `json:"protocol,omitempty"` // the L7 inspector the connection ran through
 	BytesSent    int64     `json:"bytesSent"`          // towards the destination
 	BytesRecv    int64     `json:"bytesReceived"`      // from the destination
+
+	// src and dst describe both sides for flow records and metric labels.
+	src, dst flowlog.Endpoint
+	elapsed  time.Duration
 }
 
 // ring keeps the last N records (flows, requests).

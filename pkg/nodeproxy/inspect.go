@@ -46,19 +46,9 @@ type Request struct {
 // Requests returns the most recent L7 request records, oldest first.
 func (p *Proxy) Requests() []Request { return p.requests.list() }
 
-// observe turns an inspector's record into a request record and metrics.
+// observe turns an inspector's record into a request record, a flow
+// record and metrics.
 func (p *Proxy) observe(f *Flow, r l7.Record) {
-	verdict := "allowed"
-	if !r.Verdict.Allow {
-		verdict = "denied"
-	}
-	p.requests.add(Request{
-		Time: r.Time, Direction: f.Direction, Pod: f.Pod, Source: f.Source, Destination: f.Destination,
-		SrcIdentity: f.SrcIdentity, Protocol: r.Protocol, HTTP: r.HTTP, GRPC: r.GRPC, Kafka: r.Kafka,
-		Verdict: verdict, Policy: r.Verdict.Policy, Rule: r.Verdict.Rule, Reason: r.Verdict.Reason,
-		Duration: r.Duration.String(),
-	})
-	p.metrics.requests.WithLabelValues(f.Direction, r.Protocol, verdict).Inc()
 	if !r.Verdict.Allow {
 		p.log.Info("request denied", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
 			"source_identity", f.SrcIdentity, "protocol", r.Protocol, "policy", r.Verdict.Policy, "rule", r.Verdict.Rule,
@@ -68,6 +58,18 @@ func (p *Proxy) observe(f *Flow, r l7.Record) {
 		p.log.Info("policy log", "pod", f.Pod, "src", f.Source, "protocol", r.Protocol, "policy", r.Verdict.Policy,
 			"rule", r.Verdict.Rule, "message", msg)
 	}
+	if p.cfg.DisableTelemetry {
+		return
+	}
+	rec := p.requestRecord(f, &r)
+	p.requests.add(Request{
+		Time: r.Time, Direction: f.Direction, Pod: f.Pod, Source: f.Source, Destination: f.Destination,
+		SrcIdentity: f.SrcIdentity, Protocol: r.Protocol, HTTP: r.HTTP, GRPC: r.GRPC, Kafka: r.Kafka,
+		Verdict: rec.Verdict, Policy: r.Verdict.Policy, Rule: r.Verdict.Rule, Reason: r.Verdict.Reason,
+		Duration: r.Duration.String(),
+	})
+	p.records.Add(rec)
+	p.metrics.request(rec, r.Duration)
 }
 
 // inspectAndClose runs the connection's inspector between client and

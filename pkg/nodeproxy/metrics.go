@@ -1,26 +1,45 @@
 package nodeproxy
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
 
-// metrics are the node proxy's Prometheus series. Label values are bounded:
-// direction is one of three values, reason one of a fixed set.
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/palisade-net/palisade/pkg/flowlog"
+)
+
+// metrics are the node proxy's Prometheus series (docs/observability.md).
+// Label values are bounded: directions and reasons are fixed sets, and the
+// workload labels name workloads, one side of which runs on this node.
+// Series of a label combination are resolved once and cached, so the
+// connection and request paths do no label hashing after the first time.
 type metrics struct {
-	opened *prometheus.CounterVec
-	closed *prometheus.CounterVec
-	failed *prometheus.CounterVec
-	sent   *prometheus.CounterVec
-	recv   *prometheus.CounterVec
-	pods   prometheus.Gauge
+	opened, closed, sent, recv *prometheus.CounterVec
+	failed                     *prometheus.CounterVec
+	pods                       prometheus.Gauge
 
 	requests       *prometheus.CounterVec
+	reqDuration    *prometheus.HistogramVec
 	l7Errors       *prometheus.CounterVec
+	handshakes     *prometheus.HistogramVec
 	revoked        prometheus.Counter
 	policyProblems prometheus.Gauge
+	flowLogs       prometheus.Gauge
 
-	// byDir holds the per-direction counters resolved once, so the
-	// per-connection path does no label hashing.
-	byDir map[string]*dirMetrics
+	connCache sync.Map // connKey -> *connSeries
+	reqCache  sync.Map // reqKey -> *reqSeries
+
+	// grpcMethods are the gRPC method label values seen so far; clients
+	// choose the path, so past maxGRPCMethods new ones become OTHER.
+	grpcMu      sync.Mutex
+	grpcMethods map[string]bool
 }
+
+// maxGRPCMethods caps the distinct gRPC method label values.
+const maxGRPCMethods = 500
 
 // Connection directions, the only values of the direction label.
 const (
@@ -29,65 +48,189 @@ const (
 	dirInboundPlain = "inbound-plaintext"
 )
 
-type dirMetrics struct {
+// unknownLabel stands for a side that is not a known pod.
+const unknownLabel = "unknown"
+
+var connLabels = []string{"direction", "source_namespace", "source_workload", "source_principal",
+	"destination_namespace", "destination_workload", "destination_principal"}
+
+var reqLabels = []string{"direction", "protocol", "method", "status", "verdict", "policy", "rule",
+	"source_namespace", "source_workload", "destination_namespace", "destination_workload"}
+
+// connKey is a connection's label values, in connLabels order.
+type connKey [7]string
+
+type connSeries struct {
 	opened, closed, sent, recv prometheus.Counter
 }
 
-// dir returns the counters of a direction.
-func (m *metrics) dir(direction string) *dirMetrics { return m.byDir[direction] }
+// reqKey is a request's label values, in reqLabels order.
+type reqKey [11]string
+
+type reqSeries struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
+}
 
 func newMetrics(reg prometheus.Registerer) *metrics {
+	counter := func(name, help string, labels []string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	}
 	m := &metrics{
-		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "palisade_tcp_connections_opened_total",
-			Help: "Connections accepted by the node proxy, by direction.",
-		}, []string{"direction"}),
-		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "palisade_tcp_connections_closed_total",
-			Help: "Connections that ended after being established, by direction.",
-		}, []string{"direction"}),
-		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "palisade_tcp_connections_failed_total",
-			Help: "Connections refused or failed, by direction and reason.",
-		}, []string{"direction", "reason"}),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "palisade_tcp_sent_bytes_total",
-			Help: "Bytes sent towards the destination, by direction.",
-		}, []string{"direction"}),
-		recv: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "palisade_tcp_received_bytes_total",
-			Help: "Bytes received from the destination, by direction.",
-		}, []string{"direction"}),
+		opened: counter("palisade_tcp_connections_opened_total",
+			"Connections the node proxy established (allowed and connected), by direction and source and destination workload.", connLabels),
+		closed: counter("palisade_tcp_connections_closed_total",
+			"Established connections that ended, by direction and source and destination workload.", connLabels),
+		sent: counter("palisade_tcp_sent_bytes_total",
+			"Bytes sent towards the destination, counted when the connection ends.", connLabels),
+		recv: counter("palisade_tcp_received_bytes_total",
+			"Bytes received from the destination, counted when the connection ends.", connLabels),
+		failed: counter("palisade_tcp_connections_failed_total",
+			"Connections refused or failed, by direction, reason and source and destination workload.",
+			[]string{"direction", "reason", "source_namespace", "source_workload", "destination_namespace", "destination_workload"}),
 		pods: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "palisade_workloads",
 			Help: "Enrolled workloads served by this node proxy.",
 		}),
+		requests: counter("palisade_l7_requests_total",
+			"L7 requests judged by the node proxy, by protocol (http, grpc, kafka), method or API, status, verdict, deciding policy and rule, and workloads.", reqLabels),
+		reqDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "palisade_l7_request_duration_seconds",
+			Help:    "Time from the end of a request's head to its response head (allowed) or to its denial.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12), // 100µs … ~5.9s
+		}, []string{"direction", "protocol", "verdict", "destination_namespace", "destination_workload"}),
+		l7Errors: counter("palisade_l7_connection_errors_total",
+			"Inspected connections ended because their traffic could not be parsed or was refused as a whole, by direction and protocol.",
+			[]string{"direction", "protocol"}),
+		handshakes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "palisade_hbone_handshake_duration_seconds",
+			Help:    "TLS handshakes of HBONE connections, by role (client, server) and result (ok, error).",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2.5, 10), // 200µs … ~0.76s
+		}, []string{"role", "result"}),
+		revoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "palisade_tcp_connections_revoked_total",
+			Help: "Live connections closed because a policy change withdrew their allowance.",
+		}),
+		policyProblems: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "palisade_policy_problems",
+			Help: "Problems the last policy compilation reported (invalid objects, unsupported fields).",
+		}),
+		flowLogs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "palisade_flow_logs",
+			Help: "FlowLog objects in use (selecting what the flow log file records).",
+		}),
 	}
-	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "palisade_l7_requests_total",
-		Help: "L7 requests judged by the node proxy, by direction, protocol (http/1.1, h2, grpc, kafka) and verdict.",
-	}, []string{"direction", "protocol", "verdict"})
-	m.l7Errors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "palisade_l7_connection_errors_total",
-		Help: "Inspected connections ended because their traffic could not be parsed or was refused as a whole, by direction and protocol.",
-	}, []string{"direction", "protocol"})
-	m.revoked = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "palisade_tcp_connections_revoked_total",
-		Help: "Live connections closed because a policy change withdrew their allowance.",
-	})
-	m.policyProblems = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "palisade_policy_problems",
-		Help: "Problems the last policy compilation reported (invalid objects, unsupported fields).",
-	})
-	reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.recv, m.pods, m.requests, m.l7Errors, m.revoked, m.policyProblems)
-	m.byDir = map[string]*dirMetrics{}
-	for _, d := range []string{dirOutbound, dirInboundHBONE, dirInboundPlain} {
-		m.byDir[d] = &dirMetrics{
-			opened: m.opened.WithLabelValues(d),
-			closed: m.closed.WithLabelValues(d),
-			sent:   m.sent.WithLabelValues(d),
-			recv:   m.recv.WithLabelValues(d),
-		}
-	}
+	m.grpcMethods = map[string]bool{}
+	reg.MustRegister(m.opened, m.closed, m.sent, m.recv, m.failed, m.pods, m.requests, m.reqDuration,
+		m.l7Errors, m.handshakes, m.revoked, m.policyProblems, m.flowLogs)
 	return m
+}
+
+// conn returns the series of a connection between src and dst.
+func (m *metrics) conn(direction string, src, dst *flowlog.Endpoint) *connSeries {
+	k := connKey{direction, orUnknown(src.Namespace), orUnknown(src.Workload), orUnknown(src.Identity),
+		orUnknown(dst.Namespace), orUnknown(dst.Workload), orUnknown(dst.Identity)}
+	if s, ok := m.connCache.Load(k); ok {
+		return s.(*connSeries)
+	}
+	s := &connSeries{
+		opened: m.opened.WithLabelValues(k[:]...),
+		closed: m.closed.WithLabelValues(k[:]...),
+		sent:   m.sent.WithLabelValues(k[:]...),
+		recv:   m.recv.WithLabelValues(k[:]...),
+	}
+	actual, _ := m.connCache.LoadOrStore(k, s)
+	return actual.(*connSeries)
+}
+
+// request counts one request record.
+func (m *metrics) request(r *flowlog.Record, d time.Duration) {
+	k := reqKey{r.Direction, r.Protocol, m.methodLabel(r), statusLabel(r), r.Verdict, r.Policy, r.Rule,
+		orUnknown(r.Source.Namespace), orUnknown(r.Source.Workload),
+		orUnknown(r.Destination.Namespace), orUnknown(r.Destination.Workload)}
+	v, ok := m.reqCache.Load(k)
+	if !ok {
+		s := &reqSeries{
+			count:    m.requests.WithLabelValues(k[:]...),
+			duration: m.reqDuration.WithLabelValues(k[0], k[1], k[4], k[9], k[10]),
+		}
+		v, _ = m.reqCache.LoadOrStore(k, s)
+	}
+	s := v.(*reqSeries)
+	s.count.Inc()
+	s.duration.Observe(d.Seconds())
+}
+
+// handshake observes one HBONE TLS handshake.
+func (m *metrics) handshake(role string) func(time.Duration, error) {
+	ok := m.handshakes.WithLabelValues(role, "ok")
+	bad := m.handshakes.WithLabelValues(role, "error")
+	return func(d time.Duration, err error) {
+		if err != nil {
+			bad.Observe(d.Seconds())
+			return
+		}
+		ok.Observe(d.Seconds())
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return unknownLabel
+	}
+	return s
+}
+
+// httpMethods are the method label's values for HTTP; others are OTHER,
+// so a client cannot grow the label set.
+var httpMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodConnect: true, http.MethodOptions: true,
+	http.MethodTrace: true,
+}
+
+// methodLabel is the method label of a request record: the HTTP method,
+// the gRPC service/method, or the Kafka API name.
+func (m *metrics) methodLabel(r *flowlog.Record) string {
+	switch {
+	case r.GRPC != nil:
+		name := r.GRPC.Service + "/" + r.GRPC.Method
+		m.grpcMu.Lock()
+		defer m.grpcMu.Unlock()
+		if !m.grpcMethods[name] {
+			if len(m.grpcMethods) >= maxGRPCMethods {
+				return "OTHER"
+			}
+			m.grpcMethods[name] = true
+		}
+		return name
+	case r.Kafka != nil:
+		return r.Kafka.API
+	case r.HTTP != nil:
+		if httpMethods[r.HTTP.Method] {
+			return r.HTTP.Method
+		}
+		return "OTHER"
+	}
+	return ""
+}
+
+// statusLabel is the status label: the HTTP status, the grpc-status, or
+// the Kafka error code of a denial ("0" when allowed); "" when none.
+func statusLabel(r *flowlog.Record) string {
+	switch {
+	case r.GRPC != nil:
+		if r.GRPC.Status < 0 {
+			return ""
+		}
+		return strconv.Itoa(r.GRPC.Status)
+	case r.Kafka != nil:
+		return strconv.Itoa(int(r.Kafka.ErrorCode))
+	case r.HTTP != nil:
+		if r.HTTP.Status == 0 {
+			return ""
+		}
+		return strconv.Itoa(r.HTTP.Status)
+	}
+	return ""
 }

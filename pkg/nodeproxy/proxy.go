@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/palisade-net/palisade/pkg/cluster"
+	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/hbone"
 	"github.com/palisade-net/palisade/pkg/identity"
 	"github.com/palisade-net/palisade/pkg/l7"
@@ -64,6 +65,12 @@ type Config struct {
 	Logger      *slog.Logger
 	// Registry receives the proxy's metrics; nil creates a private one.
 	Registry *prometheus.Registry
+	// Records receives a flow record per connection and per L7 request;
+	// nil keeps them for the admin API only (a pipeline without a file).
+	Records *flowlog.Pipeline
+	// DisableTelemetry turns off flow records and the per-connection and
+	// per-request metrics, to measure what they cost.
+	DisableTelemetry bool
 }
 
 // Proxy is the node proxy.
@@ -74,8 +81,11 @@ type Proxy struct {
 	bufs     *bufPool
 	flows    *ring[Flow]
 	requests *ring[Request]
+	records  *flowlog.Pipeline
 	metrics  *metrics
-	registry *prometheus.Registry
+	// serverHandshake observes the HBONE servers' handshakes.
+	serverHandshake func(time.Duration, error)
+	registry        *prometheus.Registry
 
 	index atomic.Pointer[workload.Index]
 	// policy is the compiled policy set; live holds every connection
@@ -122,8 +132,12 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("node proxy: identity metrics: %w", err)
 		}
 	}
+	if cfg.Records == nil {
+		cfg.Records = flowlog.NewPipeline(flowlog.NewHub(2000, flowlog.NewMetrics(reg)), nil)
+	}
 	p := &Proxy{
 		cfg:      cfg,
+		records:  cfg.Records,
 		log:      cfg.Logger,
 		bufs:     newBufPool(),
 		flows:    newRing[Flow](1000),
@@ -135,13 +149,15 @@ func New(cfg Config) (*Proxy, error) {
 		clusterReady: make(chan struct{}),
 	}
 	pool, err := hbone.NewPool(hbone.PoolConfig{
-		Identities: cfg.Identities,
-		Logger:     cfg.Logger,
+		Identities:  cfg.Identities,
+		Logger:      cfg.Logger,
+		OnHandshake: p.metrics.handshake("client"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node proxy: %w", err)
 	}
 	p.pool = pool
+	p.serverHandshake = p.metrics.handshake("server")
 	p.index.Store(workload.NewIndex(nil, nil, nil))
 	p.inspectors = inspectors()
 	empty, _ := policy.Compile(nil)
@@ -161,6 +177,7 @@ func (p *Proxy) UpdateCluster(s *cluster.Snapshot) {
 	}
 	p.index.Store(workload.NewIndex(pods, s.Services, s.EndpointSlices))
 	p.updatePolicy(s.Other)
+	p.updateFlowLogs(s.Other)
 	p.haveCluster.Store(true)
 	p.readyOnce.Do(func() { close(p.clusterReady) })
 }
@@ -401,6 +418,7 @@ func (p *Proxy) startPod(w workload.Workload, id spiffeid.ID, h *netns.Handle, i
 		TrustDomain: p.cfg.TrustDomain,
 		Logger:      p.log.With("pod", w.Key(), "listener", "hbone"),
 		Connect:     pp.connectInbound,
+		OnHandshake: p.handshakeServer,
 	})
 	if err != nil {
 		for _, l := range lns {
@@ -497,13 +515,14 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 	p := pp.p
 	src := pp.workload()
 	f := Flow{Start: time.Now(), Direction: dirOutbound, Pod: src.Key(), Source: c.RemoteAddr().String(), SrcIdentity: pp.id.String()}
-	p.metrics.dir(f.Direction).opened.Inc()
+	f.src = side(src, f.Source, f.SrcIdentity)
 	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
 		return
 	}
 	f.Destination = orig.String()
+	f.dst.Address = f.Destination
 	if !pp.waitCluster() {
 		pp.refuse(c, &f, "no-cluster-view", noClusterView)
 		return
@@ -521,6 +540,7 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 		target, dst = ep.Addr, ep.Workload
 		f.Destination = target.String()
 	}
+	f.dst = side(dst, f.Destination, "")
 	if isOwnPort(target.Port()) && slices.Contains(src.IPs, target.Addr()) {
 		pp.refuse(c, &f, "loop", "connection to the proxy's own port")
 		return
@@ -539,6 +559,7 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 			return
 		}
 		f.Transport, f.DstIdentity = "hbone", dstID.String()
+		f.dst.Identity = f.DstIdentity
 		key := hbone.Key{
 			Src:     pp.id,
 			Dst:     dstID,
@@ -580,7 +601,8 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 	w := pp.workload()
 	f := Flow{Start: time.Now(), Direction: dirInboundHBONE, Pod: w.Key(), Source: forwardedFor(req.Forwarded), Destination: req.Authority.String(),
 		SrcIdentity: req.Peer.String(), PeerIdentity: req.Peer.String(), DstIdentity: pp.id.String(), Transport: "hbone"}
-	p.metrics.dir(f.Direction).opened.Inc()
+	f.src = flowlog.Endpoint{Address: f.Source, Identity: f.SrcIdentity}
+	f.dst = side(w, f.Destination, f.DstIdentity)
 	if !slices.Contains(w.IPs, req.Authority.Addr().Unmap()) {
 		f.Verdict, f.Reason = "denied", fmt.Sprintf("authority %s is not this workload", req.Authority)
 		pp.record(&f, "bad-authority")
@@ -594,6 +616,7 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 	a := &authorized{p: p, direction: ingress, port: req.Authority.Port(),
 		src: p.peerEndpoint(req.Peer, req.Forwarded, req.RemoteAddr),
 		dst: p.localEndpoint(w, pp.id, req.Authority.Addr().Unmap())}
+	f.src = p.peerSide(a.src, f.Source)
 	if d := pp.admission(a, &f); !d.Allow {
 		f.Verdict, f.Reason = "denied", d.Reason
 		pp.record(&f, "policy-denied")
@@ -621,6 +644,7 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 			backend.Close()
 			return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", *a.revoked.Load())
 		}
+		p.opened(&f)
 		return backend, http.StatusOK, nil
 	}
 	// The tunnel stream is spliced to one end of a socket pair; the
@@ -641,6 +665,7 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		back.Close()
 		backend.Close()
 	}
+	p.opened(&f)
 	if !pp.register(a) {
 		front.Close()
 		back.Close()
@@ -682,17 +707,19 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 	p := pp.p
 	w := pp.workload()
 	f := Flow{Start: time.Now(), Direction: dirInboundPlain, Pod: w.Key(), Source: c.RemoteAddr().String(), Transport: "plaintext"}
-	p.metrics.dir(f.Direction).opened.Inc()
+	f.src = p.addrSide(remoteIP(c), f.Source)
 	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
 		return
 	}
 	f.Destination = orig.String()
+	f.dst = side(w, f.Destination, pp.id.String())
 	if !pp.waitCluster() {
 		pp.refuse(c, &f, "no-cluster-view", noClusterView)
 		return
 	}
+	f.src = p.addrSide(remoteIP(c), f.Source)
 	if w.Mode == workload.Strict {
 		pp.refuse(c, &f, "strict-mode", "plaintext refused: workload is in strict mode")
 		return
@@ -776,6 +803,7 @@ func (pp *podProxy) relay(c, up net.Conn, f *Flow, a *authorized) {
 		reset(c)
 		up.Close()
 	}
+	p.opened(f)
 	if !pp.register(a) {
 		reset(c)
 		up.Close()
@@ -806,12 +834,9 @@ func (p *Proxy) finish(f *Flow, sent, recv int64, a *authorized) {
 			f.Verdict, f.Reason = "failed", *r
 		}
 	}
-	f.Duration = time.Since(f.Start).String()
-	p.flows.add(*f)
-	m := p.metrics.dir(f.Direction)
-	m.closed.Inc()
-	m.sent.Add(float64(sent))
-	m.recv.Add(float64(recv))
+	f.elapsed = time.Since(f.Start)
+	f.Duration = f.elapsed.String()
+	p.emitConn(f, "")
 }
 
 // refuse resets c and records why.
@@ -826,9 +851,9 @@ func (pp *podProxy) refuse(c net.Conn, f *Flow, reason, detail string) {
 
 func (pp *podProxy) record(f *Flow, reason string) {
 	p := pp.p
-	f.Duration = time.Since(f.Start).String()
-	p.flows.add(*f)
-	p.metrics.failed.WithLabelValues(f.Direction, reason).Inc()
+	f.elapsed = time.Since(f.Start)
+	f.Duration = f.elapsed.String()
+	p.emitConn(f, reason)
 	p.log.Warn("connection refused", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
 		"source_identity", f.SrcIdentity, "reason", f.Reason)
 }

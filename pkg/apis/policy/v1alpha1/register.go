@@ -18,6 +18,8 @@ const (
 	KindL7PolicyList        = "L7PolicyList"
 	KindClusterL7Policy     = "ClusterL7Policy"
 	KindClusterL7PolicyList = "ClusterL7PolicyList"
+	KindFlowLog             = "FlowLog"
+	KindFlowLogList         = "FlowLogList"
 )
 
 // GroupVersion returns policy.palisade.dev/v1alpha1.
@@ -31,6 +33,7 @@ func AddToScheme(s *runtime.Scheme) error {
 	s.AddKnownTypes(gv,
 		&L7Policy{}, &L7PolicyList{},
 		&ClusterL7Policy{}, &ClusterL7PolicyList{},
+		&FlowLog{}, &FlowLogList{},
 	)
 	metav1.AddToGroupVersion(s, gv)
 	return nil

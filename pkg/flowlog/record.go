@@ -1,0 +1,123 @@
+// Package flowlog is the node proxy's flow record pipeline: the JSON record
+// of one connection or one L7 request, the selection of what is written to
+// the flow log file (FlowLog objects), the size-capped rotating file
+// writer, and the hub that streams live records to admin API clients.
+//
+// Nothing on the traffic path ever waits for a sink: every sink has a
+// bounded queue, and a record that does not fit is counted as dropped
+// (palisade_flow_records_total{outcome="dropped"}) instead of blocking a
+// connection or being lost silently.
+package flowlog
+
+import (
+	"strings"
+	"time"
+
+	"github.com/palisade-net/palisade/pkg/l7"
+)
+
+// Record types.
+const (
+	TypeConnection = "connection"
+	TypeRequest    = "request"
+	// TypeLost is a stream marker: Lost records were left out for this
+	// subscriber because it read too slowly.
+	TypeLost = "lost"
+)
+
+// Protocols of records (the protocol label of metrics, too).
+const (
+	ProtoTCP   = "tcp" // connection records
+	ProtoHTTP  = "http"
+	ProtoGRPC  = "grpc"
+	ProtoKafka = "kafka"
+)
+
+// Verdicts of records.
+const (
+	Allowed = "allowed"
+	Denied  = "denied"
+	Failed  = "failed"
+	Revoked = "revoked"
+)
+
+// Endpoint is one side of a flow.
+type Endpoint struct {
+	// Pod and Namespace name the pod; empty outside the cluster.
+	Pod       string `json:"pod,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// Workload is the pod's workload name (see WorkloadName).
+	Workload string `json:"workload,omitempty"`
+	// Identity is the SPIFFE ID: verified from the certificate for HBONE
+	// peers, the pod's own for local pods.
+	Identity string `json:"identity,omitempty"`
+	// Address is ip:port (the port is the client's ephemeral port for
+	// sources, the service port for destinations).
+	Address string `json:"address,omitempty"`
+	// Labels are the pod's labels, for FlowLog pod selectors; not logged.
+	Labels map[string]string `json:"-"`
+}
+
+// Record is one flow record: a connection when it ends (or is refused), or
+// an L7 request when its response starts (or it is denied).
+type Record struct {
+	Time      time.Time `json:"time"`
+	Type      string    `json:"type"`
+	Node      string    `json:"node,omitempty"`
+	Direction string    `json:"direction,omitempty"`
+	// Pod is the pod on this node the record belongs to, namespace/name.
+	Pod         string   `json:"pod,omitempty"`
+	Source      Endpoint `json:"source"`
+	Destination Endpoint `json:"destination"`
+	// Service is the Service (namespace/name) the destination was reached
+	// through, for outbound connections to a Service VIP.
+	Service   string `json:"service,omitempty"`
+	Transport string `json:"transport,omitempty"` // hbone or plaintext
+	// Protocol is tcp for connections, http, grpc or kafka for requests.
+	Protocol string `json:"protocol"`
+	// Parser is the L7 inspector a connection ran through (http, kafka).
+	Parser string `json:"parser,omitempty"`
+	// HTTPVersion is 1.1 or 2 for HTTP and gRPC requests.
+	HTTPVersion string          `json:"httpVersion,omitempty"`
+	HTTP        *l7.HTTPRecord  `json:"http,omitempty"`
+	GRPC        *l7.GRPCRecord  `json:"grpc,omitempty"`
+	Kafka       *l7.KafkaRecord `json:"kafka,omitempty"`
+	Verdict     string          `json:"verdict"`
+	Policy      string          `json:"policy,omitempty"`
+	Rule        string          `json:"rule,omitempty"`
+	Reason      string          `json:"reason,omitempty"`
+	// BytesSent went towards the destination, BytesReceived came back.
+	BytesSent     int64   `json:"bytesSent,omitempty"`
+	BytesReceived int64   `json:"bytesReceived,omitempty"`
+	DurationMs    float64 `json:"durationMs"`
+	// Lost counts records left out of a stream before this marker.
+	Lost int64 `json:"lost,omitempty"`
+}
+
+// Ms converts a duration to the milliseconds of DurationMs.
+func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// WorkloadName is the workload a pod belongs to, the value of the
+// workload labels of metrics and records: the label
+// app.kubernetes.io/name, else app, else the pod name without the suffix
+// its controller added (a ReplicaSet's pod-template-hash and random
+// suffix, or a StatefulSet's ordinal).
+func WorkloadName(pod string, labels map[string]string) string {
+	if v := labels["app.kubernetes.io/name"]; v != "" {
+		return v
+	}
+	if v := labels["app"]; v != "" {
+		return v
+	}
+	if h := labels["pod-template-hash"]; h != "" {
+		if i := strings.LastIndex(pod, "-"+h+"-"); i > 0 {
+			return pod[:i]
+		}
+	}
+	if labels["statefulset.kubernetes.io/pod-name"] == pod {
+		if i := strings.LastIndex(pod, "-"); i > 0 {
+			return pod[:i]
+		}
+	}
+	return pod
+}

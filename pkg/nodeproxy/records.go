@@ -1,0 +1,125 @@
+package nodeproxy
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/palisade-net/palisade/pkg/flowlog"
+	"github.com/palisade-net/palisade/pkg/l7"
+	"github.com/palisade-net/palisade/pkg/policy"
+	"github.com/palisade-net/palisade/pkg/workload"
+)
+
+// side describes a pod (nil: outside the cluster) at addr with identity id
+// for flow records and metric labels.
+func side(w *workload.Workload, addr, id string) flowlog.Endpoint {
+	e := flowlog.Endpoint{Address: addr, Identity: id}
+	if w != nil {
+		e.Pod, e.Namespace, e.Labels = w.Name, w.Namespace, w.Labels
+		e.Workload = flowlog.WorkloadName(w.Name, w.Labels)
+	}
+	return e
+}
+
+// peerSide describes the source of an inbound connection from what policy
+// knows of it: a verified pod (its address and labels were checked against
+// the certificate) by name, otherwise only its identity and namespace.
+func (p *Proxy) peerSide(ep policy.Endpoint, addr string) flowlog.Endpoint {
+	e := flowlog.Endpoint{Address: addr, Namespace: ep.Namespace}
+	if !ep.Identity.IsZero() {
+		e.Identity = ep.Identity.String()
+	}
+	if ep.InCluster && ep.IP.IsValid() {
+		if w := p.index.Load().Workload(ep.IP); w != nil {
+			e.Pod, e.Namespace, e.Labels = w.Name, w.Namespace, w.Labels
+			e.Workload = flowlog.WorkloadName(w.Name, w.Labels)
+		}
+	}
+	return e
+}
+
+// addrSide describes an unauthenticated address.
+func (p *Proxy) addrSide(ip netip.Addr, addr string) flowlog.Endpoint {
+	return side(p.index.Load().Workload(ip.Unmap()), addr, "")
+}
+
+// emitConn publishes a connection's record and counts its end.
+func (p *Proxy) emitConn(f *Flow, failedReason string) {
+	if p.cfg.DisableTelemetry {
+		return
+	}
+	p.flows.add(*f)
+	rec := &flowlog.Record{
+		Time: f.Start, Type: flowlog.TypeConnection, Node: p.cfg.Node, Direction: f.Direction, Pod: f.Pod,
+		Source: f.src, Destination: f.dst, Service: f.Service, Transport: f.Transport,
+		Protocol: flowlog.ProtoTCP, Parser: f.Protocol, Verdict: f.Verdict,
+		Policy: f.Policy, Rule: f.Rule, Reason: f.Reason,
+		BytesSent: f.BytesSent, BytesReceived: f.BytesRecv, DurationMs: flowlog.Ms(f.elapsed),
+	}
+	p.records.Add(rec)
+	if failedReason != "" {
+		p.metrics.failed.WithLabelValues(f.Direction, failedReason,
+			orUnknown(f.src.Namespace), orUnknown(f.src.Workload),
+			orUnknown(f.dst.Namespace), orUnknown(f.dst.Workload)).Inc()
+		return
+	}
+	s := p.metrics.conn(f.Direction, &f.src, &f.dst)
+	s.closed.Inc()
+	s.sent.Add(float64(f.BytesSent))
+	s.recv.Add(float64(f.BytesRecv))
+}
+
+// opened counts an established connection.
+func (p *Proxy) opened(f *Flow) {
+	if p.cfg.DisableTelemetry {
+		return
+	}
+	p.metrics.conn(f.Direction, &f.src, &f.dst).opened.Inc()
+}
+
+// requestProtocol maps an inspector's protocol to the record's protocol
+// and HTTP version.
+func requestProtocol(proto string) (string, string) {
+	switch proto {
+	case "http/1.1":
+		return flowlog.ProtoHTTP, "1.1"
+	case "h2":
+		return flowlog.ProtoHTTP, "2"
+	case "grpc":
+		return flowlog.ProtoGRPC, "2"
+	}
+	return strings.ToLower(proto), ""
+}
+
+// requestRecord turns an inspector's record into a flow record.
+func (p *Proxy) requestRecord(f *Flow, r *l7.Record) *flowlog.Record {
+	proto, version := requestProtocol(r.Protocol)
+	verdict := flowlog.Allowed
+	if !r.Verdict.Allow {
+		verdict = flowlog.Denied
+	}
+	return &flowlog.Record{
+		Time: r.Time, Type: flowlog.TypeRequest, Node: p.cfg.Node, Direction: f.Direction, Pod: f.Pod,
+		Source: f.src, Destination: f.dst, Service: f.Service, Transport: f.Transport,
+		Protocol: proto, HTTPVersion: version, HTTP: r.HTTP, GRPC: r.GRPC, Kafka: r.Kafka,
+		Verdict: verdict, Policy: r.Verdict.Policy, Rule: r.Verdict.Rule, Reason: r.Verdict.Reason,
+		DurationMs: flowlog.Ms(r.Duration),
+	}
+}
+
+// handshakeServer observes the HBONE servers' TLS handshakes.
+func (p *Proxy) handshakeServer(d time.Duration, err error) { p.serverHandshake(d, err) }
+
+// updateFlowLogs compiles the FlowLog objects of a snapshot into the
+// selection of what the flow log file records.
+func (p *Proxy) updateFlowLogs(objs []*unstructured.Unstructured) {
+	sel, problems := flowlog.Compile(objs)
+	for _, pr := range problems {
+		p.log.Warn("FlowLog problem", "flowlog", pr.Name, "problem", pr.Message)
+	}
+	p.records.SetSelection(sel)
+	p.metrics.flowLogs.Set(float64(sel.Len()))
+}
