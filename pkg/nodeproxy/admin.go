@@ -14,6 +14,12 @@ import (
 //	GET /config_dump   workloads served, with identities, and the identity
 //	                   provider's state (SVIDs and bundles, never keys)
 //	GET /identities    the identity provider's state alone
+//	GET /flows         flow records (connections and L7 requests),
+//	                   filtered; ?follow=1 streams them live (JSON lines)
+//	GET /explain       which policies select a pod and what a connection
+//	                   or request to it would get (see Explain)
+//	GET /status        node proxy summary: readiness, workloads with
+//	                   identity, mode and SVID expiry, policy problems
 //	GET /debug/flows   the most recent connection records
 //	GET /debug/requests the most recent L7 request records
 //	GET /policy        policy problems of the last compilation
@@ -32,6 +38,18 @@ func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 	})
 	mux.HandleFunc("GET /identities", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.IdentityStatus())
+	})
+	mux.Handle("GET /flows", p.records)
+	mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) {
+		e, err := p.Explain(r.URL.Query())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, e)
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, p.Status())
 	})
 	mux.HandleFunc("GET /debug/flows", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.Flows())

@@ -1,0 +1,60 @@
+package nodeproxy
+
+import (
+	"time"
+)
+
+// StatusReport is the node proxy's summary for GET /status (what
+// `kubectl palisade status` shows per node and per pod).
+type StatusReport struct {
+	Node     string `json:"node"`
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"notReady,omitempty"`
+	// Identity source: mode (dev-ca, spire), whether it is reachable and
+	// its last error.
+	IdentityMode      string `json:"identityMode,omitempty"`
+	IdentityConnected bool   `json:"identityConnected"`
+	IdentityError     string `json:"identityError,omitempty"`
+	// PolicyProblems counts the problems of the last policy compilation.
+	PolicyProblems int `json:"policyProblems"`
+	// FlowLogs counts the FlowLog objects in use.
+	FlowLogs  int              `json:"flowLogs"`
+	Workloads []WorkloadStatus `json:"workloads"`
+}
+
+// WorkloadStatus is one served pod.
+type WorkloadStatus struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Mode      string `json:"mode"`
+	Identity  string `json:"identity"`
+	// SVIDReady, SVIDExpiry and SVIDReason describe the pod identity's
+	// certificate; an SVID is fetched with the first connection that
+	// needs it, so a pod that has not talked yet has none.
+	SVIDReady  bool      `json:"svidReady"`
+	SVIDExpiry time.Time `json:"svidExpiry,omitzero"`
+	SVIDReason string    `json:"svidReason,omitempty"`
+}
+
+// Status reports the proxy's state.
+func (p *Proxy) Status() StatusReport {
+	st := StatusReport{Node: p.cfg.Node, NotReady: p.NotReady(), PolicyProblems: len(p.PolicyProblems()),
+		FlowLogs: p.records.Selection().Len(), Workloads: []WorkloadStatus{}}
+	st.Ready = st.NotReady == ""
+	ids := p.IdentityStatus()
+	if ids != nil {
+		st.IdentityMode, st.IdentityConnected, st.IdentityError = ids.Mode, ids.Connected, ids.LastError
+	}
+	for _, w := range p.Workloads() {
+		ws := WorkloadStatus{Namespace: w.Namespace, Name: w.Name, Mode: string(w.Mode), Identity: w.Identity}
+		if ids != nil {
+			for _, s := range ids.SVIDs {
+				if s.ID == w.Identity {
+					ws.SVIDReady, ws.SVIDExpiry, ws.SVIDReason = s.Ready, s.NotAfter, s.Reason
+				}
+			}
+		}
+		st.Workloads = append(st.Workloads, ws)
+	}
+	return st
+}
