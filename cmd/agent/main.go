@@ -60,8 +60,9 @@ restarts. auto runs iptables-only, saying so once, where the host cannot load
 them (no CAP_BPF, no bpffs, an old kernel); on makes that fatal. Drops are
 logged and kept for GET /debug/drops on --cni-socket.
 
-Metrics (--metrics-addr, GET /metrics): palisade_datapath_mode, and with the
-eBPF datapath palisade_ebpf_packets_total and palisade_ebpf_bytes_total
+Metrics (--metrics-addr, GET /metrics): palisade_pods{state},
+palisade_reconciles_total, palisade_reconcile_errors_total{stage},
+palisade_datapath_mode, and with the eBPF datapath palisade_ebpf_packets_total and palisade_ebpf_bytes_total
 {pod, direction, verdict, reason}, palisade_ebpf_drop_events_lost_total,
 palisade_ebpf_counters_full_total and palisade_ebpf_endpoints.
 
@@ -166,6 +167,7 @@ func run(args []string) error {
 		Datapath: agentDatapath(dp),
 		Logger:   log,
 		CNIWait:  *cniWait,
+		Metrics:  agent.NewMetrics(reg),
 
 		OnEnrolled:  onEnrolled,
 		OnPodStatus: ks.onPodStatus(),

@@ -94,6 +94,8 @@ type Config struct {
 	// the agent's lock held and must not block (the SPIRE registration
 	// reconciler only records the set).
 	OnEnrolled func([]workload.Workload)
+	// Metrics, when set, receives the reconcile and pod-state series.
+	Metrics *Metrics
 	// OnPodStatus, when set, is called after every reconcile with the pods
 	// of this node whose EnrollmentAnnotation differs from what the agent
 	// knows (Status "" means the annotation should go). Like OnEnrolled it
@@ -266,6 +268,7 @@ func (a *Agent) desired(s *cluster.Snapshot) map[string]workload.Workload {
 // that what they need (their SPIRE entry) can be ready when they start.
 func (a *Agent) notifyEnrolled() {
 	a.notifyPodStatus(false)
+	a.countPods()
 	if a.cfg.OnEnrolled == nil || a.snap == nil {
 		return
 	}
@@ -334,7 +337,7 @@ func (a *Agent) setEndpoints(ctx context.Context) error {
 		}
 	}
 	if err := a.cfg.Datapath.SetEndpoints(ctx, eps); err != nil {
-		return fmt.Errorf("kernel datapath endpoints: %w", err)
+		return staged(StageDatapath, fmt.Errorf("kernel datapath endpoints: %w", err))
 	}
 	return nil
 }
@@ -383,8 +386,11 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 		// not on every reconcile.
 		strayErrs := a.cleanStrays(ctx, want)
 		a.straysCleaned = len(strayErrs) == 0
-		errs = append(errs, strayErrs...)
+		for _, err := range strayErrs {
+			errs = append(errs, staged(StageStrays, err))
+		}
 	}
+	a.cfg.Metrics.observeReconcile(errs)
 	return errors.Join(errs...)
 }
 
@@ -415,7 +421,7 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 		var err error
 		h, path, err = a.openNetns(w)
 		if err != nil {
-			return fmt.Errorf("enroll %s: %w", w.Key(), err)
+			return staged(StageNetns, fmt.Errorf("enroll %s: %w", w.Key(), err))
 		}
 		ino, _ := h.Inode()
 		cur = &pod{ns: h, path: path, inode: ino}
@@ -429,16 +435,16 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 	perr := a.cfg.Proxy.AddWorkload(ctx, w, h.File())
 	if perr != nil && !errors.Is(perr, handoff.ErrNoProxy) {
 		cur.status = "failed: " + perr.Error()
-		return fmt.Errorf("enroll %s: node proxy: %w", w.Key(), perr)
+		return staged(StageHandoff, fmt.Errorf("enroll %s: node proxy: %w", w.Key(), perr))
 	}
 	if err := a.cfg.Rules.Install(ctx, h); err != nil {
 		cur.status = "failed: " + err.Error()
-		return fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err)
+		return staged(StageRules, fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err))
 	}
 	if a.cfg.Datapath != nil {
 		if err := a.cfg.Datapath.Attach(ctx, w, h); err != nil {
 			cur.status = "failed: " + err.Error()
-			return fmt.Errorf("enroll %s: kernel datapath: %w", w.Key(), err)
+			return staged(StageDatapath, fmt.Errorf("enroll %s: kernel datapath: %w", w.Key(), err))
 		}
 	}
 	if perr != nil {
@@ -455,7 +461,7 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 			cur.status = "enrolled"
 		}
 		log.Warn("pod enrolled without a node proxy connected; its new connections are refused until one takes it", "reason", perr)
-		return fmt.Errorf("enroll %s: %w", w.Key(), errAwaitingProxy)
+		return staged(StageHandoff, fmt.Errorf("enroll %s: %w", w.Key(), errAwaitingProxy))
 	}
 	if cur.status != "enrolled" || cur.awaitingProxy {
 		log.Info("pod enrolled", "mode", w.Mode, "ips", w.IPs)
@@ -496,7 +502,7 @@ func (a *Agent) unenroll(ctx context.Context, uid string) error {
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("unenroll %s: %w", cur.wl.Key(), errors.Join(errs...))
+		return staged(StageUnenroll, fmt.Errorf("unenroll %s: %w", cur.wl.Key(), errors.Join(errs...)))
 	}
 	cur.ns.Close()
 	delete(a.enrolled, uid)

@@ -10,6 +10,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/palisade-net/palisade/pkg/cluster"
 	"github.com/palisade-net/palisade/pkg/handoff"
 	"github.com/palisade-net/palisade/pkg/netns"
@@ -216,6 +219,38 @@ func TestNoProxyStillInstallsRules(t *testing.T) {
 	}
 	if st := a.Status()["shop/a"]; !strings.HasPrefix(st, "pending") {
 		t.Fatalf("status %q, want pending", st)
+	}
+}
+
+// TestMetrics: pods by state and reconcile errors by stage.
+func TestMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		name                       string
+		proxyErr                   error
+		enrolled, pending, handoff float64
+	}{
+		{"proxy takes the pod", nil, 1, 0, 0},
+		{"no proxy", fmt.Errorf("add: %w", handoff.ErrNoProxy), 0, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _, _ := newTestAgent(t, tc.proxyErr)
+			a.cfg.Metrics = NewMetrics(prometheus.NewRegistry())
+			a.OnSnapshot(snapshot(t, podsYAML))
+			a.Reconcile(context.Background())
+			m := a.cfg.Metrics
+			if got := testutil.ToFloat64(m.pods.WithLabelValues("enrolled")); got != tc.enrolled {
+				t.Errorf("enrolled pods %v, want %v", got, tc.enrolled)
+			}
+			if got := testutil.ToFloat64(m.pods.WithLabelValues("pending")); got != tc.pending {
+				t.Errorf("pending pods %v, want %v", got, tc.pending)
+			}
+			if got := testutil.ToFloat64(m.errors.WithLabelValues(StageHandoff)); got != tc.handoff {
+				t.Errorf("handoff errors %v, want %v", got, tc.handoff)
+			}
+			if got := testutil.ToFloat64(m.reconciles); got != 1 {
+				t.Errorf("reconciles %v, want 1", got)
+			}
+		})
 	}
 }
 
