@@ -21,6 +21,9 @@ import (
 func (s *state) agentSocket(node string) string { return filepath.Join(s.nodeDir(node), "cni.sock") }
 func (s *state) proxySocket(node string) string { return filepath.Join(s.nodeDir(node), "proxy.sock") }
 
+// flowLogPath is where the node's proxy writes its flow log.
+func (s *state) flowLogPath(node string) string { return filepath.Join(s.nodeDir(node), "flows.jsonl") }
+
 // clusterSourceArgs tell the agents and node proxies where the cluster
 // comes from: the lab's API server (--kubeconfig, with Config.Kube) or the
 // cluster state files (--cluster).
@@ -66,7 +69,7 @@ func (s *state) nodeProxyArgv(n *nodeState, ip string) []string {
 	} else {
 		argv = append(argv, "--dev-ca-dir", s.caDir())
 	}
-	argv = append(argv, "--trust-domain", s.TrustDomain)
+	argv = append(argv, "--trust-domain", s.TrustDomain, "--flow-log", s.flowLogPath(n.Name))
 	return append(argv, s.NodeProxyArgs...)
 }
 

@@ -260,7 +260,7 @@ func TestSPIREConfig(t *testing.T) {
 			t.Errorf("agent:\n got %s\nwant %s", got, want)
 		}
 		want = "ip netns exec lab-node-n1 /bin/palisade-nodeproxy --node n1 --cluster /run/x/lab/cluster --agent-socket /run/x/lab/nodes/n1/proxy.sock" +
-			" --identity spire --spire-admin-socket /run/x/lab/nodes/n1/spire-agent/admin/admin.sock --spire-workload-socket /run/x/lab/nodes/n1/spire-agent/workload/api.sock --trust-domain example.org --more"
+			" --identity spire --spire-admin-socket /run/x/lab/nodes/n1/spire-agent/admin/admin.sock --spire-workload-socket /run/x/lab/nodes/n1/spire-agent/workload/api.sock --trust-domain example.org --flow-log /run/x/lab/nodes/n1/flows.jsonl --more"
 		if got := strings.Join(st.nodeProxyArgv(n, "ip"), " "); got != want {
 			t.Errorf("node proxy:\n got %s\nwant %s", got, want)
 		}
