@@ -8,7 +8,7 @@ GOFLAGS   ?=
 TESTFLAGS ?=
 export PATH := $(BIN):$(PATH)
 
-BINARIES := palisade-agent palisade-nodeproxy lab
+BINARIES := palisade-agent palisade-nodeproxy lab kubectl-palisade
 
 TEST_BIN  := $(CURDIR)/.cache/test-bin
 
@@ -24,13 +24,24 @@ build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/palisade-agent ./cmd/agent
 	$(GO) build $(GOFLAGS) -o $(BIN)/palisade-nodeproxy ./cmd/nodeproxy
 	$(GO) build $(GOFLAGS) -o $(BIN)/lab ./cmd/lab
+	$(GO) build $(GOFLAGS) -o $(BIN)/kubectl-palisade ./cmd/kubectl-palisade
 
 # Every test: unit tests of each package, the end-to-end tests on the lab,
 # a short run of every fuzz target, and the Istio interop module.
-test: deps build lint test-tools spire kube
+test: deps build lint test-tools spire kube prometheus
 	PALISADE_BIN=$(BIN) PALISADE_TEST_BIN=$(TEST_BIN) $(GO) test $(GOFLAGS) $(TESTFLAGS) -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 	$(MAKE) interop
+
+# Prometheus, Debian's package, for the dashboards' tests (promtool in
+# manifests/dashboards, a real server in test/e2e's TestPrometheus);
+# installed only when missing.
+.PHONY: prometheus
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+		echo "installing prometheus"; \
+		apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 
 # Test clients that are Go programs (grpcurl), built from the tools module
 # (tools/go.mod, kept out of Palisade's go.mod) into the gitignored

@@ -30,7 +30,7 @@ func testRecord(i int, verdict string) *Record {
 		Source:      Endpoint{Pod: "client", Namespace: "shop", Workload: "client", Address: "10.1.0.2:40000", Labels: map[string]string{"app": "client"}},
 		Destination: Endpoint{Pod: "api", Namespace: "shop", Workload: "api", Address: "10.1.1.2:8080", Labels: map[string]string{"app": "api", "tier": "backend"}},
 		Protocol:    ProtoHTTP, HTTP: &l7.HTTPRecord{Method: "GET", Path: fmt.Sprintf("/item/%d", i), Status: 200},
-		Verdict:     verdict,
+		Verdict: verdict,
 	}
 }
 
