@@ -186,7 +186,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			ctx, cancel = context.WithTimeout(ctx, *timeout)
 			defer cancel()
 		}
-		return cl.Observe(ctx, stdout, kubectlplugin.ObserveOptions{Filter: f, JSON: js, Count: *count, Recent: *recent})
+		ready := make(chan struct{})
+		go func() {
+			select {
+			case <-ready:
+				fmt.Fprintln(stderr, "watching flows of every node proxy (interrupt to stop)")
+			case <-ctx.Done():
+			}
+		}()
+		return cl.Observe(ctx, stdout, kubectlplugin.ObserveOptions{Filter: f, JSON: js, Count: *count, Recent: *recent, Ready: ready})
 
 	case "explain":
 		var o kubectlplugin.ExplainOptions

@@ -71,7 +71,8 @@ type Verdict struct {
 	// kind, e.g. "L7Policy shop/api"); empty when the default deny decided.
 	Policy string
 	// Rule is the path of the deciding rule inside the policy, for example
-	// "spec.ingress[0].toPorts[0].rules.http[1]".
+	// "spec.ingress[0].toPorts[0].rules.http[1]", or "default-deny" for a
+	// request no rule allows.
 	Rule string
 	// Reason says why, in words, for denials and logs.
 	Reason string

@@ -55,9 +55,13 @@ type PortRules struct {
 	denyingBy string
 }
 
+// DefaultDenyRule is the Rule of a verdict that denies a request because
+// no rule allows it (the selecting policies' default deny decided).
+const DefaultDenyRule = "default-deny"
+
 // defaultDeny is the verdict for a request no rule allows.
 func (r *PortRules) defaultDeny(what string) l7.Verdict {
-	v := l7.Verdict{Policy: r.denyingBy, Reason: fmt.Sprintf("no rule allows %s on port %d for %s", what, r.port, r.peer)}
+	v := l7.Verdict{Policy: r.denyingBy, Rule: DefaultDenyRule, Reason: fmt.Sprintf("no rule allows %s on port %d for %s", what, r.port, r.peer)}
 	if r.denyingBy != "" {
 		v.Reason += " (default deny by " + r.denyingBy + ")"
 	}

@@ -231,7 +231,7 @@ func TestHTTPMatching(t *testing.T) {
 		{name: "prefix regex", src: web, dst: api, port: 8080, http: get("/api/v1/items"), want: true, proto: &http,
 			policy: "L7Policy shop/http", rule: "spec.ingress[0].toPorts[0].rules.http[0]"},
 		{name: "anchored at start", src: web, dst: api, port: 8080, http: get("/x/api/v1/items"), want: false,
-			reason: "no rule allows GET /x/api/v1/items on port 8080 for spiffe://cluster.local/ns/shop/sa/web"},
+			policy: "L7Policy shop/http", rule: DefaultDenyRule, reason: "no rule allows GET /x/api/v1/items on port 8080 for spiffe://cluster.local/ns/shop/sa/web"},
 		{name: "anchored at end", src: web, dst: api, port: 8080, http: get("/api/v1"), want: false},
 		{name: "query is part of the path", src: web, dst: api, port: 8080, http: get("/search?q=shoes"), want: true,
 			rule: "spec.ingress[0].toPorts[0].rules.http[1]"},
