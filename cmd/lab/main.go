@@ -154,7 +154,16 @@ With --kube (also with --no-palisade), before the agents and node proxies start:
   <state>/<name>/kubeconfig-nodes  https://10.88.0.1:6443, for the agents and node proxies
 Then up applies the CRDs (stand-ins for Cilium's cilium.io/v2 CiliumNetworkPolicy and
 CiliumClusterwideNetworkPolicy that accept any content, then --crds) and waits until each
-is established, registers a Node per node, applies the Namespaces, a ServiceAccount for
+is established, registers a Node per node (InternalIP = its underlay address, kubelet
+port 10250), starts each node's kubelet stand-in ("lab kubelet-serve", inside the node
+netns on https://<underlay IP>:10250, self-signed kube/pki/kubelet-<node>.crt, log
+nodes/<node>/kubelet.log: it serves the API server's pods/portforward, as used by
+kubectl port-forward, by connecting to 127.0.0.1:<port> in the pod's netns, the node's
+for hostNetwork pods, and answers 404 to anything else and to other nodes' pods),
+creates (unless --no-palisade) the Pods palisade-system/palisade-nodeproxy-<node> and
+palisade-agent-<node> (hostNetwork, Running and Ready on the node, labels and ports as in
+manifests/; they stand for the processes, which are not containers, and the agents
+ignore them), applies the Namespaces, a ServiceAccount for
 every one the pods use (created when missing), the Services (spec.clusterIP = the lab's)
 and every other kind (server-side apply, field manager palisade-lab), and plays kubelet
 for each pod: the pod object (containers without an image get palisade-lab/process),
@@ -172,7 +181,7 @@ their new labels, and a pod is deleted as by kubectl and a kubelet (deletion
 timestamp, processes stopped, CNI DEL, then the object removed).
 
 down stops every process the lab started (pods, agents, node proxies, SPIRE,
-the API server, etcd and the forwarder) and anything else inside its
+the kubelet stand-ins, the API server, etcd and the forwarder) and anything else inside its
 namespaces, runs CNI DEL, deletes every netns of the lab (also stray
 "<name>-*" ones after a crash), /etc/netns/<netns> and the state directory. It is idempotent and works after a failed or interrupted up.
 
@@ -257,6 +266,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case lab.ForwardCommand:
 		// Hidden: the API server forwarder that "up --kube" starts.
 		err = lab.RunForward(ctx, args[1:], slog.New(slog.NewTextHandler(stderr, nil)))
+	case lab.KubeletCommand:
+		// Hidden: a node's kubelet stand-in (port-forwards) that "up --kube"
+		// starts inside the node's netns.
+		err = lab.RunKubelet(ctx, args[1:], slog.New(slog.NewTextHandler(stderr, nil)))
 	default:
 		fmt.Fprintf(stderr, "lab: unknown command %q\n\n%s", args[0], usage)
 		return 2

@@ -24,7 +24,7 @@ import (
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "up", "down", "exec", "status", "apply", "help", "serve-http", "serve-echo", lab.ForwardCommand:
+		case "up", "down", "exec", "status", "apply", "help", "serve-http", "serve-echo", lab.ForwardCommand, lab.KubeletCommand:
 			os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 		}
 	}

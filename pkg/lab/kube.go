@@ -249,35 +249,12 @@ func (s *state) writeKubeCredentials() (*kubeCredentials, error) {
 	if err := os.MkdirAll(s.kubePKIDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("kube credentials: %w", err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("kube serving key: %w", err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, fmt.Errorf("kube serving certificate: %w", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "kube-apiserver", Organization: []string{"palisade lab " + s.Name}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
-		IPAddresses:           []net.IP{s.Kube.APIServerIP.AsSlice(), net.IPv4(127, 0, 0, 1).To4(), net.IPv4(10, 96, 0, 1).To4()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	certPEM, keyPEM, err := selfSignedCert(
+		pkix.Name{CommonName: "kube-apiserver", Organization: []string{"palisade lab " + s.Name}},
+		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
+		[]net.IP{s.Kube.APIServerIP.AsSlice(), net.IPv4(127, 0, 0, 1).To4(), net.IPv4(10, 96, 0, 1).To4()})
 	if err != nil {
 		return nil, fmt.Errorf("kube serving certificate: %w", err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("kube serving key: %w", err)
 	}
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -302,7 +279,7 @@ func (s *state) writeKubeCredentials() (*kubeCredentials, error) {
 		mode os.FileMode
 	}{
 		{s.kubeServingCert(), certPEM, 0o644},
-		{s.kubeServingKey(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{s.kubeServingKey(), keyPEM, 0o600},
 		{s.kubeSAKey(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: saDER}), 0o600},
 		{s.kubeSAPub(), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPubDER}), 0o644},
 		// token,user,uid,"group,..."
@@ -314,6 +291,43 @@ func (s *state) writeKubeCredentials() (*kubeCredentials, error) {
 		}
 	}
 	return &kubeCredentials{caPEM: certPEM, token: token}, nil
+}
+
+// selfSignedCert makes a self-signed serving certificate (its own CA, valid
+// for ten years) for the names and addresses, with a new P-256 key; both
+// PEM-encoded.
+func selfSignedCert(subject pkix.Name, dnsNames []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               subject,
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              dnsNames,
+		IPAddresses:           ips,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // writeKubeconfig writes a kubeconfig for server with the CA and token.
@@ -401,6 +415,12 @@ func (s *state) kubeAPIServerArgv(ip string) []string {
 		"--service-account-key-file", s.kubeSAPub(),
 		"--service-account-signing-key-file", s.kubeSAKey(),
 		"--service-cluster-ip-range", serviceCIDR().String(),
+		// pods/portforward goes to the node's kubelet (the lab's stand-in,
+		// see kubelet.go) at its InternalIP, the underlay address; without
+		// --kubelet-certificate-authority the API server does not verify
+		// the kubelet's certificate, and the stand-in asks for no client
+		// certificate.
+		"--kubelet-preferred-address-types", "InternalIP",
 		"--allow-privileged",
 		"--profiling=false",
 		"--v", "1",
@@ -588,16 +608,17 @@ func (l *Lab) waitKubeForwarderReady(ctx context.Context, cred *kubeCredentials)
 	})
 }
 
-// stopKube stops the forwarder, the API server, then etcd (SIGTERM, then
-// SIGKILL after grace). The forwarder runs in the root netns, where the
-// teardown's sweep of the lab's namespaces would not find it. l.mu is held.
+// stopKube stops the nodes' kubelet stand-ins, the forwarder, the API
+// server, then etcd (SIGTERM, then SIGKILL after grace). The forwarder runs
+// in the root netns, where the teardown's sweep of the lab's namespaces
+// would not find it. l.mu is held.
 func (l *Lab) stopKube(ctx context.Context, grace time.Duration) error {
 	k := l.st.Kube
 	if k == nil {
 		return nil
 	}
 	l.kc = nil
-	var errs []error
+	errs := []error{l.stopKubelets(ctx, grace)}
 	for _, p := range []*procState{k.Forwarder, k.APIServer, k.Etcd} {
 		if p != nil {
 			errs = append(errs, l.procs.stop(ctx, p, grace))

@@ -342,8 +342,9 @@ func (l *Lab) waitCRDEstablished(ctx context.Context, k *kubeClients, name strin
 }
 
 // kubeRegisterNodes plays each kubelet's registration: a Node object with
-// the node's pod CIDR, its underlay address as InternalIP and Ready. l.mu
-// is held.
+// the node's pod CIDR, its underlay address as InternalIP, the kubelet port
+// and Ready; then it starts each node's kubelet stand-in and creates its
+// node proxy and agent Pods (kubeNodeDaemons). l.mu is held.
 func (l *Lab) kubeRegisterNodes(ctx context.Context, nodes []*nodeState) error {
 	k, err := l.kubeAPI()
 	if err != nil {
@@ -379,6 +380,9 @@ func (l *Lab) kubeRegisterNodes(ctx context.Context, nodes []*nodeState) error {
 			}}
 			live.Status.NodeInfo.OperatingSystem = "linux"
 			live.Status.NodeInfo.Architecture = runtime.GOARCH
+			// Where the API server finds the node's kubelet (the lab's
+			// stand-in, kubelet.go) for pods/portforward.
+			live.Status.DaemonEndpoints.KubeletEndpoint.Port = KubeletPort
 			_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, live, metav1.UpdateOptions{FieldManager: KubeFieldManager})
 			return err
 		})
@@ -386,7 +390,7 @@ func (l *Lab) kubeRegisterNodes(ctx context.Context, nodes []*nodeState) error {
 			return fmt.Errorf("node %s status: %w", n.Name, err)
 		}
 	}
-	return nil
+	return l.kubeNodeDaemons(ctx, nodes)
 }
 
 // kubeApplyObjects makes the API server hold objs, the lab's whole desired

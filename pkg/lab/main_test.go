@@ -160,6 +160,7 @@ func fakeNodeProxy(args []string) int {
 	kubeconfig := fs.String("kubeconfig", "", "")
 	_ = fs.String("agent-socket", "", "")
 	ca := fs.String("dev-ca-dir", "", "")
+	_ = fs.String("flow-log", "", "")
 	td := fs.String("trust-domain", "", "")
 	identity := fs.String("identity", "", "")
 	admin := fs.String("spire-admin-socket", "", "")

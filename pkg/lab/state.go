@@ -74,6 +74,9 @@ type nodeState struct {
 	NodeProxy *procState `json:"nodeProxy,omitempty"`
 	// SPIREAgent runs in the underlay netns (with the SPIRE server).
 	SPIREAgent *procState `json:"spireAgent,omitempty"`
+	// Kubelet is the node's kubelet stand-in (with Kube), which serves the
+	// API server's port-forwards (kubelet.go).
+	Kubelet *procState `json:"kubelet,omitempty"`
 }
 
 type podState struct {
