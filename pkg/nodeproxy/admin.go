@@ -24,6 +24,7 @@ import (
 //	GET /debug/requests the most recent L7 request records
 //	GET /policy        policy problems of the last compilation
 //	GET|PUT /logging   the log level (?level=debug|info|warn|error)
+//	GET|PUT /telemetry flow records and traffic metrics (?enabled=on|off)
 //	/debug/pprof/      Go profiles
 func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 	mux := http.NewServeMux()
@@ -71,6 +72,21 @@ func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 		if level != nil {
 			writeJSON(w, map[string]string{"level": level.Level().String()})
 		}
+	})
+	mux.HandleFunc("/telemetry", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Query().Get("enabled") {
+		case "":
+		case "on", "off":
+			if r.Method != http.MethodPut && r.Method != http.MethodPost {
+				http.Error(w, "use PUT to change telemetry", http.StatusMethodNotAllowed)
+				return
+			}
+			p.SetTelemetry(r.URL.Query().Get("enabled") == "on")
+		default:
+			http.Error(w, "enabled: on or off", http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, map[string]bool{"enabled": !p.telemetryOff.Load()})
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

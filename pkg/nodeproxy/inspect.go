@@ -58,7 +58,7 @@ func (p *Proxy) observe(f *Flow, r l7.Record) {
 		p.log.Info("policy log", "pod", f.Pod, "src", f.Source, "protocol", r.Protocol, "policy", r.Verdict.Policy,
 			"rule", r.Verdict.Rule, "message", msg)
 	}
-	if p.cfg.DisableTelemetry {
+	if p.telemetryOff.Load() {
 		return
 	}
 	rec := p.requestRecord(f, &r)

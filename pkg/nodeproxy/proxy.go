@@ -69,7 +69,8 @@ type Config struct {
 	// nil keeps them for the admin API only (a pipeline without a file).
 	Records *flowlog.Pipeline
 	// DisableTelemetry turns off flow records and the per-connection and
-	// per-request metrics, to measure what they cost.
+	// per-request metrics at start (SetTelemetry switches them later), to
+	// measure what they cost.
 	DisableTelemetry bool
 }
 
@@ -83,6 +84,8 @@ type Proxy struct {
 	requests *ring[Request]
 	records  *flowlog.Pipeline
 	metrics  *metrics
+	// telemetryOff stops flow records and traffic metrics.
+	telemetryOff atomic.Bool
 	// serverHandshake observes the HBONE servers' handshakes.
 	serverHandshake func(time.Duration, error)
 	registry        *prometheus.Registry
@@ -157,6 +160,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("node proxy: %w", err)
 	}
 	p.pool = pool
+	p.telemetryOff.Store(cfg.DisableTelemetry)
 	p.serverHandshake = p.metrics.handshake("server")
 	p.index.Store(workload.NewIndex(nil, nil, nil))
 	p.inspectors = inspectors()

@@ -48,7 +48,7 @@ func (p *Proxy) addrSide(ip netip.Addr, addr string) flowlog.Endpoint {
 
 // emitConn publishes a connection's record and counts its end.
 func (p *Proxy) emitConn(f *Flow, failedReason string) {
-	if p.cfg.DisableTelemetry {
+	if p.telemetryOff.Load() {
 		return
 	}
 	p.flows.add(*f)
@@ -74,7 +74,7 @@ func (p *Proxy) emitConn(f *Flow, failedReason string) {
 
 // opened counts an established connection.
 func (p *Proxy) opened(f *Flow) {
-	if p.cfg.DisableTelemetry {
+	if p.telemetryOff.Load() {
 		return
 	}
 	p.metrics.conn(f.Direction, &f.src, &f.dst).opened.Inc()
@@ -122,4 +122,13 @@ func (p *Proxy) updateFlowLogs(objs []*unstructured.Unstructured) {
 	}
 	p.records.SetSelection(sel)
 	p.metrics.flowLogs.Set(float64(sel.Len()))
+}
+
+// SetTelemetry switches flow records and the per-connection and
+// per-request metrics on or off.
+func (p *Proxy) SetTelemetry(on bool) {
+	if p.telemetryOff.Swap(!on) == !on {
+		return
+	}
+	p.log.Info("telemetry", "enabled", on)
 }
