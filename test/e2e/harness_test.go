@@ -46,8 +46,8 @@ var (
 	binErr  error
 )
 
-// binaries returns a directory with palisade-agent, palisade-nodeproxy and
-// lab: $PALISADE_BIN (set by make), or built once into .cache/e2e-bin.
+// binaries returns a directory with palisade-agent, palisade-nodeproxy,
+// lab and kubectl-palisade: $PALISADE_BIN (set by make), or built once into .cache/e2e-bin.
 func binaries(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
@@ -63,6 +63,7 @@ func binaries(t testing.TB) string {
 		binDir = filepath.Join(root, ".cache", "e2e-bin")
 		for _, c := range []struct{ out, pkg string }{
 			{"palisade-agent", "./cmd/agent"}, {"palisade-nodeproxy", "./cmd/nodeproxy"}, {"lab", "./cmd/lab"},
+			{"kubectl-palisade", "./cmd/kubectl-palisade"},
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, c.out), c.pkg)
 			cmd.Dir = root
