@@ -131,7 +131,10 @@ type policyCtl struct {
 	// proxy enforces the policy, base the URL of mesh/server's HTTP port.
 	prober, serverNode, base string
 	current                  int // rules in force; 0: no policy
-	uids                     map[string]string
+	// extra is YAML applied with the policy (the telemetry phase's
+	// FlowLog); set current to -1 after changing it.
+	extra string
+	uids  map[string]string
 	// Switches records how long each change took to be in force.
 	Switches []policySwitch
 }
@@ -157,7 +160,7 @@ func (p *policyCtl) ensure(ctx context.Context, n int) error {
 	if p.current == n {
 		return nil
 	}
-	objs, err := lab.Decode(labYAML + "\n" + policyYAML(n))
+	objs, err := lab.Decode(labYAML + "\n" + policyYAML(n) + p.extra)
 	if err != nil {
 		return fmt.Errorf("policy with %d rules: %w", n, err)
 	}

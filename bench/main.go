@@ -79,7 +79,7 @@ type config struct {
 
 // Phases and paths that --phases and --paths select from.
 var (
-	allPhases = []string{"gobench", "enroll", "ebpf", "iperf", "latency", "one-conn", "max"}
+	allPhases = []string{"gobench", "enroll", "ebpf", "iperf", "latency", "one-conn", "max", "telemetry"}
 	allPaths  = []string{"direct", "palisade", "haproxy", "l7-10", "l7-1000", "same-node"}
 )
 
@@ -191,7 +191,7 @@ func run(ctx context.Context, c config) (err error) {
 	os.Setenv("PATH", c.toolsDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	// The lab's server pods run iperf3 and fortio (lab.yaml); the enroll
 	// phase runs a lab of its own and only checks rules.
-	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"] || c.phases["ebpf"]
+	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"] || c.phases["ebpf"] || c.phases["telemetry"]
 	var tools []string
 	if needLab {
 		tools = append(tools, "fortio", "iperf3", "curl")
@@ -563,6 +563,67 @@ func run(ctx context.Context, c config) (err error) {
 			}
 		}
 		if err := recheck("maximum-rate runs"); err != nil {
+			return err
+		}
+	}
+
+	if c.phases["telemetry"] {
+		s := &scenario{Key: "telemetry", Title: fmt.Sprintf("Palisade L7 ×%d, FlowLog of every flow", telemetryRules), Client: "mesh/client",
+			URL: meshURL, Procs: nodeProxies, Server: meshFortio, Palisade: true, ClientNode: "node1", ServerNode: "node2", Rules: telemetryRules}
+		pol.extra, pol.current = flowLogAll, -1
+		tr := &telemetryResults{}
+		w0, d0, err := flowRecordCounts(ctx, l)
+		if err != nil {
+			return err
+		}
+		for round := range c.rounds {
+			for _, on := range []bool{false, true} {
+				if err := setTelemetry(ctx, l, on); err != nil {
+					return err
+				}
+				logf("telemetry %v, round %d/%d: fortio at a %d qps target, %d connections, %s", on, round+1, c.rounds, c.maxLoad.QPS, c.maxLoad.Conns, c.maxTime)
+				var r fortioResult
+				run := func() (*fortioResult, error) {
+					var err error
+					r, err = runFortio(ctx, l, s.Client, s.URL, c.maxLoad, c.maxWarmup, c.maxTime, s.Procs, s.Server)
+					return &r, err
+				}
+				if on {
+					// The node proxies' counters show the path taken.
+					err = check(s, "telemetry on", c.maxLoad.Conns, run)
+				} else {
+					// No counters without telemetry: the policy must
+					// still be in force and every request answered.
+					if err = pol.ensure(ctx, telemetryRules); err == nil {
+						_, err = run()
+					}
+					if err == nil && (r.Errors > 0 || r.Requests == 0) {
+						err = fmt.Errorf("telemetry off: %d errors in %d requests", r.Errors, r.Requests)
+					}
+				}
+				if err != nil {
+					setTelemetry(ctx, l, true)
+					return err
+				}
+				logf("telemetry %v: %.0f qps, p50 %.2f ms, p99 %.2f ms", on, r.QPS, r.P50, r.P99)
+				if on {
+					tr.OnQPS, tr.OnP50, tr.OnP99 = append(tr.OnQPS, r.QPS), append(tr.OnP50, r.P50), append(tr.OnP99, r.P99)
+				} else {
+					tr.OffQPS, tr.OffP50, tr.OffP99 = append(tr.OffQPS, r.QPS), append(tr.OffP50, r.P50), append(tr.OffP99, r.P99)
+				}
+			}
+		}
+		w1, d1, err := flowRecordCounts(ctx, l)
+		if err != nil {
+			return err
+		}
+		tr.RecordsWritten, tr.RecordsDropped = w1-w0, d1-d0
+		tr.summarize()
+		res.Telemetry = tr
+		logf("telemetry cost: %.1f%% qps, %+.1f%% p50, %+.1f%% p99; flow records written %.0f, dropped %.0f",
+			tr.QPSCostPercent, tr.P50CostPercent, tr.P99CostPercent, tr.RecordsWritten, tr.RecordsDropped)
+		pol.extra, pol.current = "", -1
+		if err := pol.ensure(ctx, 0); err != nil {
 			return err
 		}
 	}

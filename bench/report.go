@@ -129,6 +129,7 @@ type results struct {
 	HAProxyTLS     string            `json:"haproxyTLS,omitempty"`
 	Scenarios      []*scenario       `json:"scenarios"`
 	EBPF           *ebpfResults      `json:"ebpf,omitempty"`
+	Telemetry      *telemetryResults `json:"telemetry,omitempty"`
 	// RSS in MB of the two hops (client side, server side).
 	PalisadeIdleCPU  []float64 `json:"palisadeIdleCpuCores"`
 	HAProxyIdleCPU   []float64 `json:"haproxyIdleCpuCores,omitempty"`
@@ -212,6 +213,15 @@ func (r *results) evaluate() {
 	}
 	r.evaluateL7()
 	r.evaluateEnroll()
+	if t := r.Telemetry; t != nil {
+		worst := max(t.QPSCostPercent, t.P50CostPercent, t.P99CostPercent)
+		r.Targets = append(r.Targets, target{
+			Name: "Metrics plus flow logging at full rate cost under 5% (throughput and latency)",
+			Met:  worst < 5 && t.RecordsDropped == 0,
+			Result: fmt.Sprintf("%.1f%% qps, %+.1f%% p50, %+.1f%% p99; %.0f flow records written, %.0f dropped",
+				t.QPSCostPercent, t.P50CostPercent, t.P99CostPercent, t.RecordsWritten, t.RecordsDropped),
+		})
+	}
 }
 
 // evaluateL7 adds the targets of the L7 issue.
@@ -829,6 +839,10 @@ func (r *results) markdown() string {
 	if r.EBPF != nil {
 		b.WriteString("\n")
 		b.WriteString(r.EBPF.markdown())
+	}
+	if r.Telemetry != nil {
+		b.WriteString("\n")
+		b.WriteString(r.Telemetry.markdown(r.MaxLoad))
 	}
 	b.WriteString("\n### Targets\n\n| target | result | status |\n| --- | --- | --- |\n")
 	for _, t := range r.Targets {

@@ -1,0 +1,30 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestTelemetrySummary(t *testing.T) {
+	r := &telemetryResults{
+		OffQPS: []float64{10000, 10200, 9800}, OnQPS: []float64{9700, 9900, 9500},
+		OffP50: []float64{2, 2, 2}, OnP50: []float64{2.1, 2.1, 2.1},
+		OffP99: []float64{10, 10, 10}, OnP99: []float64{9, 9, 9},
+		RecordsWritten: 123, RecordsDropped: 0,
+	}
+	r.summarize()
+	if r.QPSCostPercent != 3 || r.P50CostPercent < 4.99 || r.P50CostPercent > 5.01 || r.P99CostPercent != -10 {
+		t.Fatalf("costs %v %v %v, want 3, 5, -10", r.QPSCostPercent, r.P50CostPercent, r.P99CostPercent)
+	}
+	res := &results{Telemetry: r, MaxLoad: loadSpec{QPS: 20000, Conns: 64}}
+	res.evaluate()
+	if len(res.Targets) != 1 || res.Targets[0].Met {
+		t.Errorf("targets %+v: a 5%% p50 cost must not meet the under-5%% target", res.Targets)
+	}
+	md := r.markdown(res.MaxLoad)
+	for _, want := range []string{"| off | 10000 |", "| on | 9700 |", "3.0% throughput", "written during the on rounds: 123"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
