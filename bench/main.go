@@ -570,7 +570,15 @@ func run(ctx context.Context, c config) (err error) {
 	if c.phases["telemetry"] {
 		s := &scenario{Key: "telemetry", Title: fmt.Sprintf("Palisade L7 ×%d, FlowLog of every flow", telemetryRules), Client: "mesh/client",
 			URL: meshURL, Procs: nodeProxies, Server: meshFortio, Palisade: true, ClientNode: "node1", ServerNode: "node2", Rules: telemetryRules}
+		// The policy is put in force (and verified from the request
+		// records) with telemetry on; it does not change during the rounds.
 		pol.extra, pol.current = flowLogAll, -1
+		if err := setTelemetry(ctx, l, true); err != nil {
+			return err
+		}
+		if err := pol.ensure(ctx, telemetryRules); err != nil {
+			return err
+		}
 		tr := &telemetryResults{}
 		w0, d0, err := flowRecordCounts(ctx, l)
 		if err != nil {
@@ -592,11 +600,10 @@ func run(ctx context.Context, c config) (err error) {
 					// The node proxies' counters show the path taken.
 					err = check(s, "telemetry on", c.maxLoad.Conns, run)
 				} else {
-					// No counters without telemetry: the policy must
-					// still be in force and every request answered.
-					if err = pol.ensure(ctx, telemetryRules); err == nil {
-						_, err = run()
-					}
+					// No counters without telemetry: every request must
+					// be answered (fortio's POST /echo is what the
+					// policy's last rule allows; anything else is a 403).
+					_, err = run()
 					if err == nil && (r.Errors > 0 || r.Requests == 0) {
 						err = fmt.Errorf("telemetry off: %d errors in %d requests", r.Errors, r.Requests)
 					}

@@ -331,3 +331,12 @@ func readRecord(t *testing.T, br *bufio.Reader) Record {
 		return r
 	}
 }
+
+func BenchmarkAppendJSON(b *testing.B) {
+	r := testRecord(1, Allowed)
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		buf, _ = appendJSON(buf[:0], r)
+	}
+}

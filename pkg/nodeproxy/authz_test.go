@@ -35,7 +35,6 @@ func testProxy(t *testing.T, pods map[string]string, policies ...string) *Proxy 
 		cfg:          Config{TrustDomain: td, DialTimeout: time.Second},
 		log:          slog.New(slog.DiscardHandler),
 		flows:        newRing[Flow](16),
-		requests:     newRing[Request](16),
 		metrics:      m,
 		records:      recs,
 		inspectors:   inspectors(),
@@ -206,7 +205,7 @@ func TestPolicyChangeReachesEveryLiveConnection(t *testing.T) {
 	}
 }
 
-func toObjects(t *testing.T, docs ...string) []*unstructured.Unstructured {
+func toObjects(t testing.TB, docs ...string) []*unstructured.Unstructured {
 	t.Helper()
 	var out []*unstructured.Unstructured
 	for _, y := range docs {

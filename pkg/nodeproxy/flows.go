@@ -35,7 +35,7 @@ type Flow struct {
 	elapsed  time.Duration
 }
 
-// ring keeps the last N records (flows, requests).
+// ring keeps the last N records.
 type ring[T any] struct {
 	mu   sync.Mutex
 	buf  []T

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/l7"
 	"github.com/palisade-net/palisade/pkg/l7/httpl7"
 	"github.com/palisade-net/palisade/pkg/l7/kafka"
@@ -43,12 +45,38 @@ type Request struct {
 	Duration    string          `json:"duration"`
 }
 
-// Requests returns the most recent L7 request records, oldest first.
-func (p *Proxy) Requests() []Request { return p.requests.list() }
+// Requests returns the most recent L7 request records, oldest first, in
+// the shape of /debug/requests (from the flow records the hub keeps).
+func (p *Proxy) Requests() []Request {
+	recs := p.records.Hub().Recent(flowlog.Filter{Types: []string{flowlog.TypeRequest}}, 0)
+	out := make([]Request, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, requestOf(r))
+	}
+	return out
+}
+
+// requestOf is a flow record in the shape of /debug/requests.
+func requestOf(r *flowlog.Record) Request {
+	proto := r.Protocol
+	if proto == flowlog.ProtoHTTP {
+		proto = map[string]string{"2": "h2"}[r.HTTPVersion]
+		if proto == "" {
+			proto = "http/1.1"
+		}
+	}
+	return Request{
+		Time: r.Time, Direction: r.Direction, Pod: r.Pod, Source: r.Source.Address, Destination: r.Destination.Address,
+		SrcIdentity: r.Source.Identity, Protocol: proto, HTTP: r.HTTP, GRPC: r.GRPC, Kafka: r.Kafka,
+		Verdict: r.Verdict, Policy: r.Policy, Rule: r.Rule, Reason: r.Reason,
+		Duration: time.Duration(r.DurationMs * float64(time.Millisecond)).String(),
+	}
+}
 
 // observe turns an inspector's record into a request record, a flow
 // record and metrics.
-func (p *Proxy) observe(f *Flow, r l7.Record) {
+// last caches the metric series of the connection's previous request.
+func (p *Proxy) observe(f *Flow, last *atomic.Pointer[reqCacheEntry], r l7.Record) {
 	if !r.Verdict.Allow {
 		p.log.Info("request denied", "direction", f.Direction, "pod", f.Pod, "src", f.Source, "dst", f.Destination,
 			"source_identity", f.SrcIdentity, "protocol", r.Protocol, "policy", r.Verdict.Policy, "rule", r.Verdict.Rule,
@@ -62,14 +90,8 @@ func (p *Proxy) observe(f *Flow, r l7.Record) {
 		return
 	}
 	rec := p.requestRecord(f, &r)
-	p.requests.add(Request{
-		Time: r.Time, Direction: f.Direction, Pod: f.Pod, Source: f.Source, Destination: f.Destination,
-		SrcIdentity: f.SrcIdentity, Protocol: r.Protocol, HTTP: r.HTTP, GRPC: r.GRPC, Kafka: r.Kafka,
-		Verdict: rec.Verdict, Policy: r.Verdict.Policy, Rule: r.Verdict.Rule, Reason: r.Verdict.Reason,
-		Duration: r.Duration.String(),
-	})
 	p.records.Add(rec)
-	p.metrics.request(rec, r.Duration)
+	p.metrics.request(last, rec, r.Duration)
 }
 
 // inspectAndClose runs the connection's inspector between client and
@@ -89,9 +111,11 @@ func (pp *podProxy) inspectAndClose(client net.Conn, backend *countedConn, a *au
 		a.fail(fmt.Errorf("no inspector for protocol %q", a.proto))
 		return
 	}
+	// The requests of a connection mostly share their metric labels.
+	var last atomic.Pointer[reqCacheEntry]
 	s := &l7.Session{
 		Judge:   a,
-		Observe: func(r l7.Record) { p.observe(f, r) },
+		Observe: func(r l7.Record) { p.observe(f, &last, r) },
 		Log:     p.log.With("pod", f.Pod, "direction", f.Direction, "src", f.Source, "dst", f.Destination, "protocol", string(a.proto)),
 	}
 	err := serve(pp.ctx, client, backend, s)

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,20 +144,33 @@ func (m *metrics) conn(direction string, src, dst *flowlog.Endpoint) *connSeries
 	return actual.(*connSeries)
 }
 
-// request counts one request record.
-func (m *metrics) request(r *flowlog.Record, d time.Duration) {
+// reqCacheEntry is a label combination and its series.
+type reqCacheEntry struct {
+	key    reqKey
+	series *reqSeries
+}
+
+// request counts one request record. last caches the series of the
+// connection's previous request, which avoids hashing the labels when
+// they repeat.
+func (m *metrics) request(last *atomic.Pointer[reqCacheEntry], r *flowlog.Record, d time.Duration) {
 	k := reqKey{r.Direction, r.Protocol, m.methodLabel(r), statusLabel(r), r.Verdict, r.Policy, r.Rule,
 		orUnknown(r.Source.Namespace), orUnknown(r.Source.Workload),
 		orUnknown(r.Destination.Namespace), orUnknown(r.Destination.Workload)}
-	v, ok := m.reqCache.Load(k)
-	if !ok {
-		s := &reqSeries{
-			count:    m.requests.WithLabelValues(k[:]...),
-			duration: m.reqDuration.WithLabelValues(k[0], k[1], k[4], k[9], k[10]),
+	var s *reqSeries
+	if e := last.Load(); e != nil && e.key == k {
+		s = e.series
+	} else {
+		v, ok := m.reqCache.Load(k)
+		if !ok {
+			v, _ = m.reqCache.LoadOrStore(k, &reqSeries{
+				count:    m.requests.WithLabelValues(k[:]...),
+				duration: m.reqDuration.WithLabelValues(k[0], k[1], k[4], k[9], k[10]),
+			})
 		}
-		v, _ = m.reqCache.LoadOrStore(k, s)
+		s = v.(*reqSeries)
+		last.Store(&reqCacheEntry{key: k, series: s})
 	}
-	s := v.(*reqSeries)
 	s.count.Inc()
 	s.duration.Observe(d.Seconds())
 }
@@ -215,6 +229,22 @@ func (m *metrics) methodLabel(r *flowlog.Record) string {
 	return ""
 }
 
+// codeLabel formats a status code; the common ones without allocating.
+func codeLabel(c int) string {
+	if c >= 0 && c < len(codeLabels) {
+		return codeLabels[c]
+	}
+	return strconv.Itoa(c)
+}
+
+// codeLabels are the decimal strings of 0..599 (an immutable table).
+var codeLabels = func() (t [600]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i)
+	}
+	return t
+}()
+
 // statusLabel is the status label: the HTTP status, the grpc-status, or
 // the Kafka error code of a denial ("0" when allowed); "" when none.
 func statusLabel(r *flowlog.Record) string {
@@ -223,14 +253,14 @@ func statusLabel(r *flowlog.Record) string {
 		if r.GRPC.Status < 0 {
 			return ""
 		}
-		return strconv.Itoa(r.GRPC.Status)
+		return codeLabel(r.GRPC.Status)
 	case r.Kafka != nil:
-		return strconv.Itoa(int(r.Kafka.ErrorCode))
+		return codeLabel(int(r.Kafka.ErrorCode))
 	case r.HTTP != nil:
 		if r.HTTP.Status == 0 {
 			return ""
 		}
-		return strconv.Itoa(r.HTTP.Status)
+		return codeLabel(r.HTTP.Status)
 	}
 	return ""
 }

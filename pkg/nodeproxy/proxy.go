@@ -81,7 +81,6 @@ type Proxy struct {
 	pool     *hbone.Pool
 	bufs     *bufPool
 	flows    *ring[Flow]
-	requests *ring[Request]
 	records  *flowlog.Pipeline
 	metrics  *metrics
 	// telemetryOff stops flow records and traffic metrics.
@@ -144,7 +143,6 @@ func New(cfg Config) (*Proxy, error) {
 		log:      cfg.Logger,
 		bufs:     newBufPool(),
 		flows:    newRing[Flow](1000),
-		requests: newRing[Request](1000),
 		metrics:  newMetrics(reg),
 		registry: reg,
 		pods:     map[string]*podProxy{},
@@ -587,6 +585,10 @@ func (pp *podProxy) handleOutbound(c net.Conn) {
 		reason := "dial-failed"
 		if _, ok := errors.AsType[*identity.NoSVIDError](err); ok {
 			reason = "no-identity"
+		} else if se, ok := errors.AsType[*hbone.StatusError](err); ok && se.Code == http.StatusUnauthorized {
+			// The destination's proxy refused the tunnel: its ingress
+			// policy denied the connection.
+			reason = "denied-by-destination"
 		}
 		pp.refuse(c, &f, reason, err.Error())
 		return

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,8 +167,9 @@ func TestFinishRecordsFlowAndMetrics(t *testing.T) {
 func TestObserveRequestLabels(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m, recs := newTestProxyRecords(reg)
-	p := &Proxy{cfg: Config{Node: "n1"}, requests: newRing[Request](8), metrics: m, records: recs, log: slog.New(slog.DiscardHandler)}
+	p := &Proxy{cfg: Config{Node: "n1"}, metrics: m, records: recs, log: slog.New(slog.DiscardHandler)}
 	f := &Flow{Direction: dirInboundHBONE, src: flowlog.Endpoint{Namespace: "shop", Workload: "client"}, dst: flowlog.Endpoint{Namespace: "shop", Workload: "api"}}
+	var last atomic.Pointer[reqCacheEntry]
 	deny := l7.Verdict{Policy: "L7Policy shop/api", Rule: "spec.ingress[0]", Reason: "no rule"}
 	allow := l7.Verdict{Allow: true, Policy: "L7Policy shop/api", Rule: "spec.ingress[0].toPorts[0].rules.http[0]"}
 	for _, tc := range []struct {
@@ -181,7 +183,7 @@ func TestObserveRequestLabels(t *testing.T) {
 		{l7.Record{Protocol: "grpc", GRPC: &l7.GRPCRecord{Service: "pkg.Svc", Method: "Get", Status: -1}, Verdict: allow}, "grpc", "pkg.Svc/Get", "", "allowed", allow.Rule},
 		{l7.Record{Protocol: "kafka", Kafka: &l7.KafkaRecord{API: "Produce", ErrorCode: 29}, Verdict: deny}, "kafka", "Produce", "29", "denied", deny.Rule},
 	} {
-		p.observe(f, tc.rec)
+		p.observe(f, &last, tc.rec)
 		c := p.metrics.requests.WithLabelValues(dirInboundHBONE, tc.protocol, tc.method, tc.status, tc.verdict, "L7Policy shop/api", tc.rule,
 			"shop", "client", "shop", "api")
 		if got := testutil.ToFloat64(c); got != 1 {

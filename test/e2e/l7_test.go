@@ -370,6 +370,9 @@ func TestHTTPPolicy(t *testing.T) {
 		t.Fatalf("intruder reached the web pod or timed out instead of being reset: %v %s", err, out)
 	}
 	waitFlowVerdict(t, node2, "inbound-hbone", "denied", "shop/intruder")
+	// The source's proxy records the refusal as the destination's
+	// denial, not as a failure.
+	waitFlowVerdict(t, nodeNetns(t, l, "node1"), "outbound", "denied", "shop/intruder")
 }
 
 // waitFlowVerdict waits for a flow of direction with verdict whose source
