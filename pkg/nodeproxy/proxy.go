@@ -76,13 +76,13 @@ type Config struct {
 
 // Proxy is the node proxy.
 type Proxy struct {
-	cfg      Config
-	log      *slog.Logger
-	pool     *hbone.Pool
-	bufs     *bufPool
-	flows    *ring[Flow]
-	records  *flowlog.Pipeline
-	metrics  *metrics
+	cfg     Config
+	log     *slog.Logger
+	pool    *hbone.Pool
+	bufs    *bufPool
+	flows   *ring[Flow]
+	records *flowlog.Pipeline
+	metrics *metrics
 	// telemetryOff stops flow records and traffic metrics.
 	telemetryOff atomic.Bool
 	// serverHandshake observes the HBONE servers' handshakes.
