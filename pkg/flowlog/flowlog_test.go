@@ -115,7 +115,7 @@ func TestFileRotationHoldsCap(t *testing.T) {
 func TestFileDropsWhenQueueFull(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	f := &File{cfg: FileConfig{Queue: 4}, m: m, q: make(chan *Record, 4)} // no writer running
+	f := &File{cfg: FileConfig{Queue: 4}, m: m, wake: make(chan struct{}, 1)} // no writer running
 	for i := range 10 {
 		f.Add(testRecord(i, Allowed))
 	}
