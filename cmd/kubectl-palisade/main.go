@@ -94,14 +94,19 @@ func (c *common) cluster() (*kubectlplugin.Cluster, string, error) {
 	return &kubectlplugin.Cluster{Config: cfg, Client: client, Namespace: c.palisadeNS, Selector: kubectlplugin.DefaultSelector}, ns, nil
 }
 
-func (c *common) json() (bool, error) {
+// open checks the output format and connects: the cluster, the namespace
+// in effect, and whether to print JSON.
+func (c *common) open() (*kubectlplugin.Cluster, string, bool, error) {
+	var js bool
 	switch c.output {
 	case "", "table", "wide":
-		return false, nil
 	case "json":
-		return true, nil
+		js = true
+	default:
+		return nil, "", false, fmt.Errorf("-o %s: want table or json", c.output)
 	}
-	return false, fmt.Errorf("-o %s: want table or json", c.output)
+	cl, ns, err := c.cluster()
+	return cl, ns, js, err
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -124,15 +129,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if _, err := parse(fs, args, 0); err != nil {
 			return err
 		}
-		cl, _, err := c.cluster()
+		cl, _, js, err := c.open()
 		if err != nil {
 			return err
 		}
 		defer cl.Close()
-		js, err := c.json()
-		if err != nil {
-			return err
-		}
 		ns := c.namespace
 		if *all {
 			ns = ""
@@ -172,15 +173,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				f.Pod = c.namespace + "/" + *pod
 			}
 		}
-		cl, _, err := c.cluster()
+		cl, _, js, err := c.open()
 		if err != nil {
 			return err
 		}
 		defer cl.Close()
-		js, err := c.json()
-		if err != nil {
-			return err
-		}
 		if *timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, *timeout)
@@ -216,12 +213,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil || port < 1 || port > 65535 {
 			return fmt.Errorf("PORT %q is not a port number", pos[1])
 		}
-		cl, ns, err := c.cluster()
+		cl, ns, js, err := c.open()
 		if err != nil {
 			return err
 		}
 		defer cl.Close()
-		o.Namespace, o.Pod, o.Port = ns, pos[0], port
+		o.Namespace, o.Pod, o.Port, o.JSON = ns, pos[0], port, js
 		if p, name, ok := strings.Cut(pos[0], "/"); ok {
 			o.Namespace, o.Pod = p, name
 		}
@@ -230,9 +227,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if *topics != "" {
 			o.Topics = strings.Split(*topics, ",")
-		}
-		if o.JSON, err = c.json(); err != nil {
-			return err
 		}
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -257,3 +258,53 @@ func TestUnchangedPoliciesKeepTheSet(t *testing.T) {
 		t.Fatal("a changed policy did not replace the set")
 	}
 }
+
+func TestExplain(t *testing.T) {
+	p := testProxy(t, map[string]string{"client": "10.0.0.1", "other": "10.0.0.2", "web": "10.0.0.3"}, allowClientHTTP)
+	for _, tc := range []struct {
+		query            string
+		connAllowed      bool
+		connProto        string
+		reqAllowed       *bool
+		reqRule, wantErr string
+	}{
+		{query: "pod=shop/web&port=8080&from=shop/client", connAllowed: true, connProto: "http"},
+		{query: "pod=shop/web&port=8080&from=shop/client&method=GET&path=/x", connAllowed: true, connProto: "http",
+			reqAllowed: ptr(true), reqRule: "spec.ingress[0].toPorts[0].rules.http[0]"},
+		{query: "pod=shop/web&port=8080&from=shop/client&method=POST&path=/x", connAllowed: true, connProto: "http",
+			reqAllowed: ptr(false), reqRule: policy.DefaultDenyRule},
+		{query: "pod=shop/web&port=8080&from=shop/other&path=/x", reqAllowed: ptr(false)},
+		{query: "pod=shop/web&port=8080&fromIdentity=spiffe://cluster.local/ns/shop/sa/client"},
+		{query: "pod=shop/web&port=8080", connAllowed: false},
+		{query: "pod=shop/nope&port=8080", wantErr: "no pod shop/nope"},
+		{query: "pod=shop/web&port=http", wantErr: "port"},
+		{query: "pod=shop/web&port=80&grpc=nomethod", wantErr: "grpc"},
+		{query: "pod=shop/web&port=80&kafkaApi=Frobnicate", wantErr: "kafkaApi"},
+	} {
+		q, _ := url.ParseQuery(tc.query)
+		e, err := p.Explain(q)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: error %v, want %q", tc.query, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.query, err)
+		}
+		if e.Connection.Allowed != tc.connAllowed || e.Connection.Protocol != tc.connProto && tc.connAllowed {
+			t.Errorf("%s: connection %+v, want allowed=%v protocol %q", tc.query, e.Connection, tc.connAllowed, tc.connProto)
+		}
+		if len(e.Policies.Ingress.Policies) != 1 || e.Policies.Ingress.Policies[0].Policy != "L7Policy shop/web" {
+			t.Errorf("%s: policies %+v", tc.query, e.Policies)
+		}
+		switch {
+		case tc.reqAllowed == nil && e.Request != nil:
+			t.Errorf("%s: request verdict %+v without a request", tc.query, e.Request)
+		case tc.reqAllowed != nil && (e.Request == nil || e.Request.Allowed != *tc.reqAllowed || (tc.reqRule != "" && e.Request.Rule != tc.reqRule)):
+			t.Errorf("%s: request verdict %+v, want allowed=%v rule %q", tc.query, e.Request, *tc.reqAllowed, tc.reqRule)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

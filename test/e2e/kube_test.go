@@ -315,8 +315,7 @@ spec:
 	eventually(t, 30*time.Second, "the CNP's Kafka rule is enforced", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		cl, err := kgo.NewClient(kgo.SeedBrokers(kafkaIP.String()+":9092"), kgo.Dialer(kafkaDialer(client)),
-			kgo.DisableIdempotentWrite(), kgo.RequestRetries(0), kgo.RecordRetries(1))
+		cl, err := kafkaProducer(client, kafkaIP.String()+":9092")
 		if err != nil {
 			return err
 		}

@@ -471,16 +471,9 @@ func TestGRPCPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient(vip.String()+":9090",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialFrom(ctx, client, addr) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	c := grpcClient(t, client, vip.String()+":9090")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := testpb.NewTestServiceClient(cc)
 	if _, err := c.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Fatalf("allowed EmptyCall: %v", err)
 	}
@@ -528,6 +521,25 @@ func TestGRPCPolicy(t *testing.T) {
 	}
 }
 
+// grpcClient is a grpc-go TestService client in the pod of h, for addr.
+func grpcClient(t *testing.T, h *netns.Handle, addr string) testpb.TestServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialFrom(ctx, h, addr) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return testpb.NewTestServiceClient(cc)
+}
+
+// kafkaProducer is a franz-go client in the pod of h that produces
+// without retries (a denial surfaces at once).
+func kafkaProducer(h *netns.Handle, seed string) (*kgo.Client, error) {
+	return kgo.NewClient(kgo.SeedBrokers(seed), kgo.Dialer(kafkaDialer(h)),
+		kgo.DisableIdempotentWrite(), kgo.RequestRetries(0), kgo.RecordRetries(1))
+}
+
 // kafkaDialer dials from inside the pod's netns.
 func kafkaDialer(h *netns.Handle) func(ctx context.Context, network, host string) (net.Conn, error) {
 	return func(ctx context.Context, network, host string) (net.Conn, error) { return dialFrom(ctx, h, host) }
@@ -554,8 +566,7 @@ func TestKafkaPolicy(t *testing.T) {
 	t.Run("franz-go", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		cl, err := kgo.NewClient(kgo.SeedBrokers(seed), kgo.Dialer(kafkaDialer(client)),
-			kgo.DisableIdempotentWrite(), kgo.RequestRetries(0), kgo.RecordRetries(1))
+		cl, err := kafkaProducer(client, seed)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -759,8 +770,7 @@ func TestEgressL7ToPlainDestinations(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(vip.String()+":9092"), kgo.Dialer(kafkaDialer(client)),
-		kgo.DisableIdempotentWrite(), kgo.RequestRetries(0), kgo.RecordRetries(1))
+	cl, err := kafkaProducer(client, vip.String()+":9092")
 	if err != nil {
 		t.Fatal(err)
 	}

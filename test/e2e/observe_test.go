@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,9 +16,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
@@ -190,15 +187,9 @@ func TestKubectlPalisade(t *testing.T) {
 		}
 
 		// gRPC: UnaryCall, which no rule allows.
-		cc, err := grpc.NewClient(vips["grpc"], grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialFrom(ctx, client, addr) }))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
 		gctx, gcancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer gcancel()
-		_, err = testpb.NewTestServiceClient(cc).UnaryCall(gctx, &testpb.SimpleRequest{ResponseSize: 1})
+		_, err = grpcClient(t, client, vips["grpc"]).UnaryCall(gctx, &testpb.SimpleRequest{ResponseSize: 1})
 		sent = time.Now()
 		if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied {
 			t.Fatalf("UnaryCall: %v, want PermissionDenied", err)
@@ -211,8 +202,7 @@ func TestKubectlPalisade(t *testing.T) {
 		}
 
 		// Kafka: a produce to a topic the CiliumNetworkPolicy does not allow.
-		kcl, err := kgo.NewClient(kgo.SeedBrokers(vips["kafka"]), kgo.Dialer(kafkaDialer(client)),
-			kgo.DisableIdempotentWrite(), kgo.RequestRetries(0), kgo.RecordRetries(1))
+		kcl, err := kafkaProducer(client, vips["kafka"])
 		if err != nil {
 			t.Fatal(err)
 		}

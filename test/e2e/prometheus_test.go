@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,9 +22,7 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
@@ -207,16 +204,9 @@ func promTraffic(t *testing.T, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient(vip.String()+":9090",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialFrom(ctx, client, addr) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	tc := grpcClient(t, client, vip.String()+":9090")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	tc := testpb.NewTestServiceClient(cc)
 	if _, err := tc.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Fatalf("allowed EmptyCall: %v", err)
 	}
@@ -229,8 +219,7 @@ func promTraffic(t *testing.T, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kc, err := kgo.NewClient(kgo.SeedBrokers(kvip.String()+":9092"), kgo.Dialer(kafkaDialer(client)),
-		kgo.DisableIdempotentWrite(), kgo.RequestRetries(0), kgo.RecordRetries(1))
+	kc, err := kafkaProducer(client, kvip.String()+":9092")
 	if err != nil {
 		t.Fatal(err)
 	}
