@@ -11,8 +11,10 @@ import (
 
 // AdminHandler serves the admin API (bind it to localhost only):
 //
-//	GET /config_dump   workloads served, with identities, and the identity
-//	                   provider's state (SVIDs and bundles, never keys)
+//	GET /config_dump   workloads served, with identities, the policy and
+//	                   FlowLog objects in force with their problems, and the
+//	                   identity provider's state (SVIDs and bundles, never
+//	                   keys)
 //	GET /identities    the identity provider's state alone
 //	GET /flows         flow records (connections and L7 requests),
 //	                   filtered; ?follow=1 streams them live (JSON lines)
@@ -29,13 +31,7 @@ import (
 func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, map[string]any{
-			"node":        p.cfg.Node,
-			"trustDomain": p.cfg.TrustDomain.String(),
-			"ready":       p.Ready(),
-			"workloads":   p.Workloads(),
-			"identities":  p.IdentityStatus(),
-		})
+		writeJSON(w, p.ConfigDump())
 	})
 	mux.HandleFunc("GET /identities", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.IdentityStatus())

@@ -308,3 +308,15 @@ func TestExplain(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestConfigDumpHoldsPoliciesAndFlowLogs(t *testing.T) {
+	p := testProxy(t, map[string]string{"web": "10.0.0.3"}, allowClientHTTP,
+		"apiVersion: policy.palisade.dev/v1alpha1\nkind: FlowLog\nmetadata: {name: all}\nspec: {}\n")
+	d := p.ConfigDump()
+	if len(d.Policies) != 1 || d.Policies[0].GetName() != "web" || len(d.FlowLogs) != 1 || d.FlowLogs[0].GetName() != "all" {
+		t.Errorf("config dump policies %v, flow logs %v", d.Policies, d.FlowLogs)
+	}
+	if d.PolicyProblems == nil {
+		t.Error("policy problems must be an empty list, not null")
+	}
+}

@@ -83,6 +83,8 @@ type Proxy struct {
 	flows   *ring[Flow]
 	records *flowlog.Pipeline
 	metrics *metrics
+	// flowLogObjs are the FlowLog objects of the last snapshot.
+	flowLogObjs atomicSlice[*unstructured.Unstructured]
 	// telemetryOff stops flow records and traffic metrics.
 	telemetryOff atomic.Bool
 	// serverHandshake observes the HBONE servers' handshakes.

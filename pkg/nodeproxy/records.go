@@ -116,7 +116,14 @@ func (p *Proxy) handshakeServer(d time.Duration, err error) { p.serverHandshake(
 // updateFlowLogs compiles the FlowLog objects of a snapshot into the
 // selection of what the flow log file records.
 func (p *Proxy) updateFlowLogs(objs []*unstructured.Unstructured) {
-	sel, problems := flowlog.Compile(objs)
+	var fls []*unstructured.Unstructured
+	for _, o := range objs {
+		if flowlog.IsFlowLog(o) {
+			fls = append(fls, o)
+		}
+	}
+	p.flowLogObjs.Store(fls)
+	sel, problems := flowlog.Compile(fls)
 	for _, pr := range problems {
 		p.log.Warn("FlowLog problem", "flowlog", pr.Name, "problem", pr.Message)
 	}

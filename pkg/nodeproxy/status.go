@@ -1,8 +1,51 @@
 package nodeproxy
 
 import (
+	"sync/atomic"
 	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/palisade-net/palisade/pkg/identity"
+	"github.com/palisade-net/palisade/pkg/policy"
 )
+
+// ConfigDump is the node proxy's configuration for GET /config_dump.
+type ConfigDump struct {
+	Node        string         `json:"node"`
+	TrustDomain string         `json:"trustDomain"`
+	Ready       bool           `json:"ready"`
+	Workloads   []WorkloadInfo `json:"workloads"`
+	// Policies are the policy objects in force (L7Policy,
+	// ClusterL7Policy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy)
+	// as the proxy received them, and the problems their compilation
+	// reported.
+	Policies       []*unstructured.Unstructured `json:"policies"`
+	PolicyProblems []policy.Problem             `json:"policyProblems"`
+	// FlowLogs are the FlowLog objects selecting what the file records.
+	FlowLogs []*unstructured.Unstructured `json:"flowLogs"`
+	// Identities are the SVIDs (certificates, never keys) and bundles.
+	Identities *identity.Status `json:"identities"`
+}
+
+// ConfigDump reports the proxy's configuration.
+func (p *Proxy) ConfigDump() ConfigDump {
+	p.policyMu.Lock()
+	pols := p.policyObjs
+	p.policyMu.Unlock()
+	return ConfigDump{
+		Node: p.cfg.Node, TrustDomain: p.cfg.TrustDomain.String(), Ready: p.Ready(), Workloads: p.Workloads(),
+		Policies: nonNil(pols), PolicyProblems: nonNil(p.PolicyProblems()), FlowLogs: nonNil(p.flowLogObjs.Load()),
+		Identities: p.IdentityStatus(),
+	}
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
 
 // StatusReport is the node proxy's summary for GET /status (what
 // `kubectl palisade status` shows per node and per pod).
@@ -57,4 +100,16 @@ func (p *Proxy) Status() StatusReport {
 		st.Workloads = append(st.Workloads, ws)
 	}
 	return st
+}
+
+// atomicSlice holds a slice replaced as a whole.
+type atomicSlice[T any] struct{ p atomic.Pointer[[]T] }
+
+func (a *atomicSlice[T]) Store(s []T) { a.p.Store(&s) }
+
+func (a *atomicSlice[T]) Load() []T {
+	if s := a.p.Load(); s != nil {
+		return *s
+	}
+	return nil
 }
