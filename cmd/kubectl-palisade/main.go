@@ -99,7 +99,7 @@ func (c *common) cluster() (*kubectlplugin.Cluster, string, error) {
 func (c *common) open() (*kubectlplugin.Cluster, string, bool, error) {
 	var js bool
 	switch c.output {
-	case "", "table", "wide":
+	case "", "table":
 	case "json":
 		js = true
 	default:
@@ -141,7 +141,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cl.Status(ctx, stdout, kubectlplugin.StatusOptions{Namespace: ns, JSON: js})
 
 	case "observe":
-		var f flowlog.Filter
 		pod := fs.String("pod", "", "only flows from or to this pod (name in -n, or namespace/name)")
 		verdict := fs.String("verdict", "", "only these verdicts: allowed, denied, failed, revoked (comma-separated)")
 		protocol := fs.String("protocol", "", "only these protocols: tcp (connections), http, grpc, kafka (comma-separated)")

@@ -294,21 +294,29 @@ func (a *Agent) notifyPodStatus(partial bool) {
 	}
 	var out []PodStatus
 	for _, p := range a.snap.PodsOnNode(a.cfg.Node) {
-		uid := string(p.UID)
-		want := ""
-		if workload.PodEnrolled(a.snap.Namespace(p.Namespace), p) && !a.deleted[uid] {
-			want = "pending: waiting for the pod's network namespace (CNI ADD)"
-			if cur := a.enrolled[uid]; cur != nil && cur.status != "" {
-				want = cur.status
-			} else if partial {
-				continue
-			}
+		want, known := a.wantedStatus(p)
+		if partial && want != "" && !known {
+			continue
 		}
 		if have := p.Annotations[EnrollmentAnnotation]; have != want {
-			out = append(out, PodStatus{Namespace: p.Namespace, Name: p.Name, UID: uid, Status: want, Current: have})
+			out = append(out, PodStatus{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Status: want, Current: have})
 		}
 	}
 	a.cfg.OnPodStatus(out)
+}
+
+// wantedStatus is the enrollment status of a pod of this node: "" when
+// policy does not enroll it, the agent's status when it has one (known),
+// else pending until CNI ADD hands over its namespace. a.mu is held.
+func (a *Agent) wantedStatus(p *corev1.Pod) (want string, known bool) {
+	uid := string(p.UID)
+	if !workload.PodEnrolled(a.snap.Namespace(p.Namespace), p) || a.deleted[uid] {
+		return "", false
+	}
+	if cur := a.enrolled[uid]; cur != nil && cur.status != "" {
+		return cur.status, true
+	}
+	return "pending: waiting for the pod's network namespace (CNI ADD)", false
 }
 
 // setEndpoints hands Config.Datapath every pod of the cluster enrolled by

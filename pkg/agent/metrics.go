@@ -5,8 +5,6 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/palisade-net/palisade/pkg/workload"
 )
 
 // Reconcile stages, the values of palisade_reconcile_errors_total's stage
@@ -79,8 +77,8 @@ func (m *Metrics) observeReconcile(errs []error) {
 	}
 }
 
-// countPods sets palisade_pods from the pods of this node that policy
-// enrolls: a pod without a namespace yet is pending. a.mu is held.
+// countPods sets palisade_pods from the wanted status of this node's pods.
+// a.mu is held.
 func (a *Agent) countPods() {
 	m := a.cfg.Metrics
 	if m == nil || a.snap == nil {
@@ -88,15 +86,10 @@ func (a *Agent) countPods() {
 	}
 	counts := map[string]int{"enrolled": 0, "pending": 0, "failed": 0}
 	for _, p := range a.snap.PodsOnNode(a.cfg.Node) {
-		uid := string(p.UID)
-		if !workload.PodEnrolled(a.snap.Namespace(p.Namespace), p) || a.deleted[uid] {
-			continue
+		if want, _ := a.wantedStatus(p); want != "" {
+			state, _, _ := strings.Cut(want, ":")
+			counts[state]++
 		}
-		state := "pending"
-		if cur := a.enrolled[uid]; cur != nil && cur.status != "" {
-			state, _, _ = strings.Cut(cur.status, ":")
-		}
-		counts[state]++
 	}
 	for st, n := range counts {
 		m.pods.WithLabelValues(st).Set(float64(n))

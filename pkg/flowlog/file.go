@@ -2,6 +2,7 @@ package flowlog
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,10 +71,10 @@ type FileConfig struct {
 }
 
 // File writes selected records as JSON lines to a size-capped, rotating
-// file. Add never blocks and wakes nothing: records collect in a bounded
-// batch that the writer takes every FlushInterval (or as soon as it is
-// half full), so a busy proxy pays neither a goroutine hand-off nor a
-// write system call per record.
+// file. Add never waits for the writer: records collect, under a short
+// lock, in a bounded batch that the writer takes every FlushInterval (or
+// when it is half full), so a busy proxy pays neither a goroutine
+// hand-off nor a write system call per record.
 type File struct {
 	cfg FileConfig
 	m   *Metrics
@@ -217,6 +218,8 @@ func (fl *File) run() {
 		batch := fl.pending
 		fl.pending = spare[:0]
 		fl.mu.Unlock()
+		var failed int
+		var firstErr error
 		for i, r := range batch {
 			var err error
 			line, err = appendJSON(line[:0], r)
@@ -226,14 +229,25 @@ func (fl *File) run() {
 			batch[i] = nil
 			if err != nil {
 				fl.m.fileDropped.Inc()
-				fl.log.Error("flow log write", "path", fl.cfg.Path, "error", err)
+				failed++
+				firstErr = cmp.Or(firstErr, err)
 				continue
 			}
 			fl.m.fileWritten.Inc()
 		}
 		spare = batch[:0]
 		if err := fl.w.Flush(); err != nil {
-			fl.log.Error("flow log flush", "path", fl.cfg.Path, "error", err)
+			firstErr = cmp.Or(firstErr, err)
+		}
+		if firstErr != nil {
+			// One line per batch, however many records failed; a bufio
+			// error is sticky, so the file is opened again for the next
+			// batch (what the buffer held is lost with the error).
+			fl.log.Error("flow log write", "path", fl.cfg.Path, "records_dropped", failed, "error", firstErr)
+			fl.f.Close()
+			if err := fl.open(); err != nil {
+				fl.log.Error("flow log reopen", "path", fl.cfg.Path, "error", err)
+			}
 		}
 		fl.m.fileBytes.Set(float64(fl.size))
 		if stopping {

@@ -41,10 +41,10 @@ func ParseFilter(q url.Values) (Filter, error) {
 		return out, nil
 	}
 	var err error
-	if f.Verdicts, err = list("verdict", []string{Allowed, Denied, Failed, Revoked}); err != nil {
+	if f.Verdicts, err = list("verdict", verdicts); err != nil {
 		return f, err
 	}
-	if f.Protocols, err = list("protocol", []string{ProtoTCP, ProtoHTTP, ProtoGRPC, ProtoKafka}); err != nil {
+	if f.Protocols, err = list("protocol", protocols); err != nil {
 		return f, err
 	}
 	if f.Types, err = list("type", []string{TypeConnection, TypeRequest}); err != nil {
@@ -112,7 +112,6 @@ type Hub struct {
 
 	mu     sync.RWMutex
 	subs   map[*Subscription]struct{}
-	nsubs  atomic.Int32
 	recent []*Record
 	next   int
 	full   bool
@@ -138,21 +137,25 @@ type Subscription struct {
 // call, and resets the count.
 func (s *Subscription) TakeLost() int64 { return s.lost.Swap(0) }
 
-// Subscribe registers a reader with a buffer of buf records.
-func (h *Hub) Subscribe(f Filter, buf int) *Subscription {
+// Subscribe registers a reader with a buffer of buf records and returns
+// it with the kept records f selects (at most limit, the newest; limit 0:
+// none), taken under the same lock so that no record is both in the
+// snapshot and delivered live.
+func (h *Hub) Subscribe(f Filter, buf, limit int) (*Subscription, []*Record) {
 	s := &Subscription{C: make(chan *Record, buf), filter: f}
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.subs[s] = struct{}{}
-	h.nsubs.Store(int32(len(h.subs)))
-	h.mu.Unlock()
-	return s
+	if limit <= 0 {
+		return s, nil
+	}
+	return s, h.recentLocked(f, limit)
 }
 
 // Unsubscribe removes s.
 func (h *Hub) Unsubscribe(s *Subscription) {
 	h.mu.Lock()
 	delete(h.subs, s)
-	h.nsubs.Store(int32(len(h.subs)))
 	h.mu.Unlock()
 }
 
@@ -164,10 +167,6 @@ func (h *Hub) Publish(r *Record) {
 	h.next++
 	if h.next == len(h.recent) {
 		h.next, h.full = 0, true
-	}
-	if h.nsubs.Load() == 0 {
-		h.mu.Unlock()
-		return
 	}
 	for s := range h.subs {
 		if !s.filter.Matches(r) {
@@ -188,12 +187,16 @@ func (h *Hub) Publish(r *Record) {
 // (the newest; limit ≤ 0: all).
 func (h *Hub) Recent(f Filter, limit int) []*Record {
 	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.recentLocked(f, limit)
+}
+
+func (h *Hub) recentLocked(f Filter, limit int) []*Record {
 	var all []*Record
 	if h.full {
 		all = append(all, h.recent[h.next:]...)
 	}
 	all = append(all, h.recent[:h.next]...)
-	h.mu.RUnlock()
 	var out []*Record
 	for _, r := range all {
 		if f.Matches(r) {

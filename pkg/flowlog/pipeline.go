@@ -81,23 +81,23 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(recs)
 		return
 	}
-	sub := p.hub.Subscribe(f, 4096)
+	sub, recent := p.hub.Subscribe(f, 4096, limit)
 	defer p.hub.Unsubscribe(sub)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
-	if limit > 0 {
-		for _, rec := range p.hub.Recent(f, limit) {
-			enc.Encode(rec)
+	for _, rec := range recent {
+		if err := enc.Encode(rec); err != nil {
+			return
 		}
 	}
-	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
 		return
 	}
-	// A blank line every 15 s (readers skip blank lines) lets a reader
-	// notice a node proxy that went away.
+	// A blank line every 15 s (readers skip blank lines) makes a write
+	// fail, and the stream end, soon after its reader went away.
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
 	for {
@@ -109,9 +109,6 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case rec := <-sub.C:
-			if n := sub.TakeLost(); n > 0 {
-				enc.Encode(&Record{Time: time.Now(), Type: TypeLost, Lost: n})
-			}
 			if err := enc.Encode(rec); err != nil {
 				return
 			}
@@ -125,6 +122,13 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					}
 				default:
 					break drain
+				}
+			}
+			// Records dropped while these were queued are reported
+			// now, not with some later record.
+			if n := sub.TakeLost(); n > 0 {
+				if err := enc.Encode(&Record{Time: time.Now(), Type: TypeLost, Lost: n}); err != nil {
+					return
 				}
 			}
 		}

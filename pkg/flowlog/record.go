@@ -10,6 +10,7 @@
 package flowlog
 
 import (
+	"cmp"
 	"strings"
 	"time"
 
@@ -39,6 +40,13 @@ const (
 	Denied  = "denied"
 	Failed  = "failed"
 	Revoked = "revoked"
+)
+
+// protocols and verdicts are the values of the protocol and verdict fields
+// (read only).
+var (
+	protocols = []string{ProtoTCP, ProtoHTTP, ProtoGRPC, ProtoKafka}
+	verdicts  = []string{Allowed, Denied, Failed, Revoked}
 )
 
 // Endpoint is one side of a flow.
@@ -99,9 +107,14 @@ func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // WorkloadName is the workload a pod belongs to, the value of the
 // workload labels of metrics and records: the label
-// app.kubernetes.io/name, else app, else the pod name without the suffix
-// its controller added (a ReplicaSet's pod-template-hash and random
-// suffix, or a StatefulSet's ordinal).
+// app.kubernetes.io/name, else app, else the name of the pod's controller
+// as Kubernetes writes it into the pod's labels and name: a Deployment's
+// (the pod name without the ReplicaSet's pod-template-hash and random
+// suffix), a StatefulSet's (without the ordinal), a DaemonSet's (without
+// the random suffix), a Job's (its job-name label, and for a CronJob's Job
+// without the scheduled-time suffix). Other pods are named by themselves.
+// Pods of one controller thus share a label value however often they are
+// replaced, which keeps metric series bounded.
 func WorkloadName(pod string, labels map[string]string) string {
 	if v := labels["app.kubernetes.io/name"]; v != "" {
 		return v
@@ -109,15 +122,32 @@ func WorkloadName(pod string, labels map[string]string) string {
 	if v := labels["app"]; v != "" {
 		return v
 	}
+	if job := cmp.Or(labels["batch.kubernetes.io/job-name"], labels["job-name"]); job != "" {
+		// A CronJob names its Jobs <cronjob>-<scheduled minutes>.
+		if i := strings.LastIndexByte(job, '-'); i > 0 && isDigits(job[i+1:]) {
+			return job[:i]
+		}
+		return job
+	}
 	if h := labels["pod-template-hash"]; h != "" {
 		if i := strings.LastIndex(pod, "-"+h+"-"); i > 0 {
 			return pod[:i]
 		}
 	}
-	if labels["statefulset.kubernetes.io/pod-name"] == pod {
-		if i := strings.LastIndex(pod, "-"); i > 0 {
+	if labels["statefulset.kubernetes.io/pod-name"] == pod || labels["controller-revision-hash"] != "" {
+		// StatefulSet: <name>-<ordinal>; DaemonSet: <name>-<random>.
+		if i := strings.LastIndexByte(pod, '-'); i > 0 {
 			return pod[:i]
 		}
 	}
 	return pod
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }

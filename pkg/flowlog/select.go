@@ -39,9 +39,10 @@ type Problem struct {
 }
 
 // Compile builds the Selection from the FlowLog objects among objs (other
-// kinds are skipped). A FlowLog that cannot be decoded is left out and
-// reported; the API server's schema refuses such objects at admission, so
-// this only happens with files in standalone mode.
+// kinds are skipped). A FlowLog that cannot be used is left out and
+// reported: unknown fields and values in standalone files (the API server's
+// schema refuses those at admission), and pod selectors whose operators
+// the schema cannot check.
 func Compile(objs []*unstructured.Unstructured) (*Selection, []Problem) {
 	s := &Selection{}
 	var problems []Problem
@@ -65,14 +66,14 @@ func Compile(objs []*unstructured.Unstructured) (*Selection, []Problem) {
 		}
 		bad := false
 		for i, p := range fl.Spec.Protocols {
-			if !slices.Contains([]string{ProtoTCP, ProtoHTTP, ProtoGRPC, ProtoKafka}, string(p)) {
+			if !slices.Contains(protocols, string(p)) {
 				problems = append(problems, Problem{Name: fl.Name, Message: fmt.Sprintf("spec.protocols[%d]: unknown protocol %q (tcp, http, grpc, kafka)", i, p)})
 				bad = true
 			}
 			r.protocols = append(r.protocols, string(p))
 		}
 		for i, v := range fl.Spec.Verdicts {
-			if !slices.Contains([]string{Allowed, Denied, Failed, Revoked}, string(v)) {
+			if !slices.Contains(verdicts, string(v)) {
 				problems = append(problems, Problem{Name: fl.Name, Message: fmt.Sprintf("spec.verdicts[%d]: unknown verdict %q (allowed, denied, failed, revoked)", i, v)})
 				bad = true
 			}

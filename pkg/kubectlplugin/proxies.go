@@ -49,7 +49,6 @@ type Cluster struct {
 // NodeProxy is one node proxy pod.
 type NodeProxy struct {
 	Node, Pod string
-	Ready     bool
 }
 
 // NodeProxies lists the node proxy pods, by node name.
@@ -63,7 +62,7 @@ func (c *Cluster) NodeProxies(ctx context.Context) ([]NodeProxy, error) {
 		if p.Spec.NodeName == "" || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
 			continue
 		}
-		out = append(out, NodeProxy{Node: p.Spec.NodeName, Pod: p.Name, Ready: podReady(&p)})
+		out = append(out, NodeProxy{Node: p.Spec.NodeName, Pod: p.Name})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no running node proxy pods (%s) in namespace %s", c.Selector, c.Namespace)
@@ -84,15 +83,6 @@ func (c *Cluster) NodeProxyOn(ctx context.Context, node string) (NodeProxy, erro
 		}
 	}
 	return NodeProxy{}, fmt.Errorf("no running node proxy on node %s", node)
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // Admin is an HTTP client of one node proxy's admin API.

@@ -24,8 +24,6 @@ type StatusOptions struct {
 	// Namespace limits the pods shown ("" for every namespace).
 	Namespace string
 	JSON      bool
-	// Now is the time SVID expiries are shown relative to (default now).
-	Now time.Time
 }
 
 // NodeStatus is one node's row of the status.
@@ -34,9 +32,9 @@ type NodeStatus struct {
 	Pod      string `json:"pod"`
 	Ready    bool   `json:"ready"`
 	NotReady string `json:"notReady,omitempty"`
-	Identity string `json:"identity,omitempty"`
-	// IdentityConnected reports whether the identity source (SPIRE
-	// agent) is reachable.
+	// IdentitySource is where identities come from (dev-ca, spire) and
+	// IdentityConnected whether that source is reachable.
+	IdentitySource    string `json:"identitySource,omitempty"`
 	IdentityConnected bool   `json:"identityConnected"`
 	Workloads         int    `json:"workloads"`
 	PolicyProblems    int    `json:"policyProblems"`
@@ -77,18 +75,15 @@ func (c *Cluster) Status(ctx context.Context, w io.Writer, opts StatusOptions) e
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	now := opts.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
+	now := time.Now()
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tPROXY\tREADY\tIDENTITY\tWORKLOADS\tPOLICY PROBLEMS\tFLOW LOGS\tERROR")
+	fmt.Fprintln(tw, "NODE\tPROXY\tREADY\tIDENTITY SOURCE\tWORKLOADS\tPOLICY PROBLEMS\tFLOW LOGS\tERROR")
 	for _, n := range rep.Nodes {
 		ready := yesNo(n.Ready)
 		if !n.Ready && n.NotReady != "" {
 			ready = "no (" + n.NotReady + ")"
 		}
-		id := n.Identity
+		id := n.IdentitySource
 		if id != "" && !n.IdentityConnected {
 			id += " (disconnected)"
 		}
@@ -135,7 +130,7 @@ func (c *Cluster) StatusReport(ctx context.Context, opts StatusOptions) (*Status
 		if e := errs[np.Node]; e != nil {
 			ns.Error = e.Error()
 		} else if st, ok := reports[np.Node]; ok {
-			ns.Ready, ns.NotReady, ns.Identity, ns.IdentityConnected = st.Ready, st.NotReady, st.IdentityMode, st.IdentityConnected
+			ns.Ready, ns.NotReady, ns.IdentitySource, ns.IdentityConnected = st.Ready, st.NotReady, st.IdentityMode, st.IdentityConnected
 			ns.Workloads, ns.PolicyProblems, ns.FlowLogs = len(st.Workloads), st.PolicyProblems, st.FlowLogs
 		}
 		rep.Nodes = append(rep.Nodes, ns)
@@ -161,8 +156,7 @@ func (c *Cluster) StatusReport(ctx context.Context, opts StatusOptions) (*Status
 		}
 		ps := PodStatus{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName, Enrolled: "no"}
 		if workload.PodEnrolled(ns, p) {
-			wl := workload.FromPod(ns, p)
-			ps.Mode = string(wl.Mode)
+			ps.Mode = string(workload.NamespaceMode(ns))
 			ann := p.Annotations[agent.EnrollmentAnnotation]
 			state, why, _ := strings.Cut(ann, ":")
 			switch state {

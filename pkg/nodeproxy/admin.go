@@ -73,7 +73,7 @@ func (p *Proxy) AdminHandler(level *slog.LevelVar) http.Handler {
 		switch r.URL.Query().Get("enabled") {
 		case "":
 		case "on", "off":
-			if r.Method != http.MethodPut && r.Method != http.MethodPost {
+			if r.Method != http.MethodPut {
 				http.Error(w, "use PUT to change telemetry", http.StatusMethodNotAllowed)
 				return
 			}

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/palisade-net/palisade/pkg/l7"
 	"github.com/palisade-net/palisade/pkg/policy"
@@ -117,7 +116,7 @@ func (p *Proxy) Explain(q url.Values) (*Explanation, error) {
 	if err != nil || req == nil {
 		return out, err
 	}
-	v := Verdict{Allowed: false, Request: req.describe()}
+	var v Verdict
 	switch {
 	case !d.Allow:
 		v = verdictOf(d.Verdict)
@@ -162,9 +161,9 @@ func explainRequest(q url.Values) (*explainReq, error) {
 		return &explainReq{http: &l7.HTTPRequest{Method: http.MethodPost, Path: "/" + svc + "/" + m, Host: q.Get("host"),
 			Header: http.Header{"Content-Type": {"application/grpc"}}}}, nil
 	case q.Get("kafkaApi") != "":
-		key, err := kafkaAPIKey(q.Get("kafkaApi"))
-		if err != nil {
-			return nil, err
+		key, ok := policy.ParseKafkaAPIKey(q.Get("kafkaApi"))
+		if !ok {
+			return nil, fmt.Errorf("kafkaApi: %q is not a Kafka API name or key", q.Get("kafkaApi"))
 		}
 		r := &l7.KafkaRequest{APIKey: key, ClientID: q.Get("clientId")}
 		if v := q.Get("kafkaVersion"); v != "" {
@@ -213,17 +212,4 @@ func firstIP(w *workload.Workload) netip.Addr {
 		return w.IPs[0]
 	}
 	return netip.Addr{}
-}
-
-// kafkaAPIKey reads a Kafka API given by name (Produce) or key (0).
-func kafkaAPIKey(s string) (int16, error) {
-	if n, err := strconv.ParseInt(s, 10, 16); err == nil && n >= 0 {
-		return int16(n), nil
-	}
-	for k := int16(0); k < 200; k++ {
-		if strings.EqualFold(kmsg.NameForKey(k), s) {
-			return k, nil
-		}
-	}
-	return 0, fmt.Errorf("kafkaApi: %q is not a Kafka API name or key", s)
 }

@@ -33,6 +33,8 @@ type Flow struct {
 	// src and dst describe both sides for flow records and metric labels.
 	src, dst flowlog.Endpoint
 	elapsed  time.Duration
+	// series are the connection's metric series once it is counted open.
+	series *connSeries
 }
 
 // ring keeps the last N records.

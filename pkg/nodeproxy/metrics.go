@@ -15,8 +15,10 @@ import (
 // metrics are the node proxy's Prometheus series (docs/observability.md).
 // Label values are bounded: directions and reasons are fixed sets, and the
 // workload labels name workloads, one side of which runs on this node.
-// Series of a label combination are resolved once and cached, so the
-// connection and request paths do no label hashing after the first time.
+// The series of a label combination are resolved from the vectors once and
+// kept in a map keyed by the label values; a connection looks its series
+// up once, and its requests reuse the previous request's series while the
+// labels repeat.
 type metrics struct {
 	opened, closed, sent, recv *prometheus.CounterVec
 	failed                     *prometheus.CounterVec
@@ -33,10 +35,11 @@ type metrics struct {
 	connCache sync.Map // connKey -> *connSeries
 	reqCache  sync.Map // reqKey -> *reqSeries
 
-	// grpcMethods are the gRPC method label values seen so far; clients
-	// choose the path, so past maxGRPCMethods new ones become OTHER.
-	grpcMu      sync.Mutex
-	grpcMethods map[string]bool
+	// grpcMethods maps a gRPC service and method seen so far to its label
+	// value; clients choose the path, so past maxGRPCMethods new ones
+	// are counted as OTHER.
+	grpcMethods sync.Map // [2]string -> string
+	grpcCount   atomic.Int32
 }
 
 // maxGRPCMethods caps the distinct gRPC method label values.
@@ -121,7 +124,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "FlowLog objects in use (selecting what the flow log file records).",
 		}),
 	}
-	m.grpcMethods = map[string]bool{}
 	reg.MustRegister(m.opened, m.closed, m.sent, m.recv, m.failed, m.pods, m.requests, m.reqDuration,
 		m.l7Errors, m.handshakes, m.revoked, m.policyProblems, m.flowLogs)
 	return m
@@ -208,16 +210,19 @@ var httpMethods = map[string]bool{
 func (m *metrics) methodLabel(r *flowlog.Record) string {
 	switch {
 	case r.GRPC != nil:
-		name := r.GRPC.Service + "/" + r.GRPC.Method
-		m.grpcMu.Lock()
-		defer m.grpcMu.Unlock()
-		if !m.grpcMethods[name] {
-			if len(m.grpcMethods) >= maxGRPCMethods {
-				return "OTHER"
-			}
-			m.grpcMethods[name] = true
+		key := [2]string{r.GRPC.Service, r.GRPC.Method}
+		if v, ok := m.grpcMethods.Load(key); ok {
+			return v.(string)
 		}
-		return name
+		if m.grpcCount.Add(1) > maxGRPCMethods {
+			m.grpcCount.Add(-1)
+			return "OTHER"
+		}
+		v, loaded := m.grpcMethods.LoadOrStore(key, r.GRPC.Service+"/"+r.GRPC.Method)
+		if loaded {
+			m.grpcCount.Add(-1)
+		}
+		return v.(string)
 	case r.Kafka != nil:
 		return r.Kafka.API
 	case r.HTTP != nil:

@@ -83,8 +83,6 @@ type Proxy struct {
 	flows   *ring[Flow]
 	records *flowlog.Pipeline
 	metrics *metrics
-	// flowLogObjs are the FlowLog objects of the last snapshot.
-	flowLogObjs atomicSlice[*unstructured.Unstructured]
 	// telemetryOff stops flow records and traffic metrics.
 	telemetryOff atomic.Bool
 	// serverHandshake observes the HBONE servers' handshakes.
@@ -97,10 +95,15 @@ type Proxy struct {
 	policy     atomic.Pointer[policy.Set]
 	policyMu   sync.Mutex                   // serializes updatePolicy
 	policyObjs []*unstructured.Unstructured // what policy was compiled from; policyMu
-	live       liveSet
-	inspectors map[l7.Protocol]l7.ServeFunc
-	problems   atomic.Pointer[[]policy.Problem]
-	rr         sync.Map // service key -> *atomic.Uint64
+	// The FlowLog objects the selection was compiled from, whether a
+	// snapshot brought them yet, and their problems; policyMu.
+	flowLogObjs     []*unstructured.Unstructured
+	flowLogsSeen    bool
+	flowLogProblems []flowlog.Problem
+	live            liveSet
+	inspectors      map[l7.Protocol]l7.ServeFunc
+	problems        atomic.Pointer[[]policy.Problem]
+	rr              sync.Map // service key -> *atomic.Uint64
 
 	mu       sync.Mutex
 	pods     map[string]*podProxy // by UID
@@ -422,7 +425,7 @@ func (p *Proxy) startPod(w workload.Workload, id spiffeid.ID, h *netns.Handle, i
 		TrustDomain: p.cfg.TrustDomain,
 		Logger:      p.log.With("pod", w.Key(), "listener", "hbone"),
 		Connect:     pp.connectInbound,
-		OnHandshake: p.handshakeServer,
+		OnHandshake: p.serverHandshake,
 	})
 	if err != nil {
 		for _, l := range lns {
@@ -648,11 +651,13 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 			a.revoke(reason)
 			backend.Close()
 		}
+		// Counted open before register: a refusal there closes backend,
+		// whose done records the end.
+		p.opened(&f)
 		if !pp.register(a) {
 			backend.Close()
 			return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", *a.revoked.Load())
 		}
-		p.opened(&f)
 		return backend, http.StatusOK, nil
 	}
 	// The tunnel stream is spliced to one end of a socket pair; the
@@ -715,7 +720,7 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 	p := pp.p
 	w := pp.workload()
 	f := Flow{Start: time.Now(), Direction: dirInboundPlain, Pod: w.Key(), Source: c.RemoteAddr().String(), Transport: "plaintext"}
-	f.src = p.addrSide(remoteIP(c), f.Source)
+	f.src.Address = f.Source
 	orig, err := redirect.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		pp.refuse(c, &f, "no-original-destination", fmt.Sprintf("reading the original destination: %v", err))
@@ -727,17 +732,19 @@ func (pp *podProxy) handleInboundPlain(c net.Conn) {
 		pp.refuse(c, &f, "no-cluster-view", noClusterView)
 		return
 	}
-	f.src = p.addrSide(remoteIP(c), f.Source)
+	srcIP := remoteIP(c)
+	src := p.index.Load().Workload(srcIP)
+	f.src = side(src, f.Source, "")
 	if w.Mode == workload.Strict {
 		pp.refuse(c, &f, "strict-mode", "plaintext refused: workload is in strict mode")
 		return
 	}
-	if src := p.index.Load().Workload(remoteIP(c)); src != nil && src.Enrolled {
+	if src != nil && src.Enrolled {
 		pp.refuse(c, &f, "plaintext-from-enrolled", fmt.Sprintf("plaintext from enrolled workload %s refused (it should arrive over HBONE)", src.Key()))
 		return
 	}
 	a := &authorized{p: p, direction: ingress, port: orig.Port(),
-		src: p.addrEndpoint(remoteIP(c)),
+		src: p.addrEndpoint(srcIP),
 		dst: p.localEndpoint(w, pp.id, orig.Addr().Unmap())}
 	if !pp.admit(c, &f, a) {
 		return

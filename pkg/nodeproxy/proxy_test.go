@@ -197,4 +197,12 @@ func TestObserveRequestLabels(t *testing.T) {
 	if len(denied) != 3 || denied[2].Kafka == nil || denied[2].Protocol != "kafka" || denied[1].HTTPVersion != "2" {
 		t.Errorf("denied records = %+v", denied)
 	}
+	// Repeated labels go through the connection's cached series.
+	again := l7.Record{Protocol: "grpc", GRPC: &l7.GRPCRecord{Service: "pkg.Svc", Method: "Get", Status: 7}, Verdict: deny}
+	p.observe(f, &last, again)
+	p.observe(f, &last, again)
+	if got := testutil.ToFloat64(p.metrics.requests.WithLabelValues(dirInboundHBONE, "grpc", "pkg.Svc/Get", "7", "denied",
+		"L7Policy shop/api", deny.Rule, "shop", "client", "shop", "api")); got != 3 {
+		t.Errorf("repeated denied gRPC call counted %v, want 3", got)
+	}
 }

@@ -1,10 +1,10 @@
 package nodeproxy
 
 import (
-	"net/netip"
+	"slices"
 	"strings"
-	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/palisade-net/palisade/pkg/flowlog"
@@ -28,22 +28,16 @@ func side(w *workload.Workload, addr, id string) flowlog.Endpoint {
 // knows of it: a verified pod (its address and labels were checked against
 // the certificate) by name, otherwise only its identity and namespace.
 func (p *Proxy) peerSide(ep policy.Endpoint, addr string) flowlog.Endpoint {
-	e := flowlog.Endpoint{Address: addr, Namespace: ep.Namespace}
+	var id string
 	if !ep.Identity.IsZero() {
-		e.Identity = ep.Identity.String()
+		id = ep.Identity.String()
 	}
 	if ep.InCluster && ep.IP.IsValid() {
 		if w := p.index.Load().Workload(ep.IP); w != nil {
-			e.Pod, e.Namespace, e.Labels = w.Name, w.Namespace, w.Labels
-			e.Workload = flowlog.WorkloadName(w.Name, w.Labels)
+			return side(w, addr, id)
 		}
 	}
-	return e
-}
-
-// addrSide describes an unauthenticated address.
-func (p *Proxy) addrSide(ip netip.Addr, addr string) flowlog.Endpoint {
-	return side(p.index.Load().Workload(ip.Unmap()), addr, "")
+	return flowlog.Endpoint{Address: addr, Identity: id, Namespace: ep.Namespace}
 }
 
 // emitConn publishes a connection's record and counts its end.
@@ -66,7 +60,10 @@ func (p *Proxy) emitConn(f *Flow, failedReason string) {
 			orUnknown(f.dst.Namespace), orUnknown(f.dst.Workload)).Inc()
 		return
 	}
-	s := p.metrics.conn(f.Direction, &f.src, &f.dst)
+	s := f.series
+	if s == nil { // telemetry was off when the connection opened
+		s = p.metrics.conn(f.Direction, &f.src, &f.dst)
+	}
 	s.closed.Inc()
 	s.sent.Add(float64(f.BytesSent))
 	s.recv.Add(float64(f.BytesRecv))
@@ -77,7 +74,8 @@ func (p *Proxy) opened(f *Flow) {
 	if p.telemetryOff.Load() {
 		return
 	}
-	p.metrics.conn(f.Direction, &f.src, &f.dst).opened.Inc()
+	f.series = p.metrics.conn(f.Direction, &f.src, &f.dst)
+	f.series.opened.Inc()
 }
 
 // requestProtocol maps an inspector's protocol to the record's protocol
@@ -110,11 +108,9 @@ func (p *Proxy) requestRecord(f *Flow, r *l7.Record) *flowlog.Record {
 	}
 }
 
-// handshakeServer observes the HBONE servers' TLS handshakes.
-func (p *Proxy) handshakeServer(d time.Duration, err error) { p.serverHandshake(d, err) }
-
 // updateFlowLogs compiles the FlowLog objects of a snapshot into the
-// selection of what the flow log file records.
+// selection of what the flow log file records, when they changed (most
+// snapshots change pods), logging each problem once.
 func (p *Proxy) updateFlowLogs(objs []*unstructured.Unstructured) {
 	var fls []*unstructured.Unstructured
 	for _, o := range objs {
@@ -122,11 +118,19 @@ func (p *Proxy) updateFlowLogs(objs []*unstructured.Unstructured) {
 			fls = append(fls, o)
 		}
 	}
-	p.flowLogObjs.Store(fls)
+	p.policyMu.Lock()
+	defer p.policyMu.Unlock()
+	if p.flowLogsSeen && equality.Semantic.DeepEqual(p.flowLogObjs, fls) {
+		return
+	}
+	p.flowLogObjs, p.flowLogsSeen = fls, true
 	sel, problems := flowlog.Compile(fls)
 	for _, pr := range problems {
-		p.log.Warn("FlowLog problem", "flowlog", pr.Name, "problem", pr.Message)
+		if !slices.Contains(p.flowLogProblems, pr) {
+			p.log.Warn("FlowLog problem", "flowlog", pr.Name, "problem", pr.Message)
+		}
 	}
+	p.flowLogProblems = problems
 	p.records.SetSelection(sel)
 	p.metrics.flowLogs.Set(float64(sel.Len()))
 }

@@ -1,7 +1,6 @@
 package nodeproxy
 
 import (
-	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -31,11 +30,11 @@ type ConfigDump struct {
 // ConfigDump reports the proxy's configuration.
 func (p *Proxy) ConfigDump() ConfigDump {
 	p.policyMu.Lock()
-	pols := p.policyObjs
+	pols, fls := p.policyObjs, p.flowLogObjs
 	p.policyMu.Unlock()
 	return ConfigDump{
 		Node: p.cfg.Node, TrustDomain: p.cfg.TrustDomain.String(), Ready: p.Ready(), Workloads: p.Workloads(),
-		Policies: nonNil(pols), PolicyProblems: nonNil(p.PolicyProblems()), FlowLogs: nonNil(p.flowLogObjs.Load()),
+		Policies: nonNil(pols), PolicyProblems: nonNil(p.PolicyProblems()), FlowLogs: nonNil(fls),
 		Identities: p.IdentityStatus(),
 	}
 }
@@ -100,16 +99,4 @@ func (p *Proxy) Status() StatusReport {
 		st.Workloads = append(st.Workloads, ws)
 	}
 	return st
-}
-
-// atomicSlice holds a slice replaced as a whole.
-type atomicSlice[T any] struct{ p atomic.Pointer[[]T] }
-
-func (a *atomicSlice[T]) Store(s []T) { a.p.Store(&s) }
-
-func (a *atomicSlice[T]) Load() []T {
-	if s := a.p.Load(); s != nil {
-		return *s
-	}
-	return nil
 }

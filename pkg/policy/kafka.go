@@ -50,7 +50,7 @@ func compileKafka(ps *problems, p *field.Path, in kafkaInput, pol *policy) *kafk
 		ok = false
 	}
 	if in.apiKey != "" {
-		k, found := parseKafkaAPIKey(in.apiKey)
+		k, found := ParseKafkaAPIKey(in.apiKey)
 		if !found {
 			ps.errorf(p.Child("apiKey"), "%q is not a Kafka API key name (produce, fetch, metadata, ...) or number", in.apiKey)
 			ok = false

@@ -38,9 +38,9 @@ func kafkaAPIName(key int16) string {
 	return "ApiKey " + strconv.Itoa(int(key))
 }
 
-// parseKafkaAPIKey accepts a key by number or by name, case-insensitively:
+// ParseKafkaAPIKey accepts a key by number or by name, case-insensitively:
 // the protocol's names ("ListOffsets") and Cilium's ("offsets", ...).
-func parseKafkaAPIKey(s string) (int16, bool) {
+func ParseKafkaAPIKey(s string) (int16, bool) {
 	if n, err := strconv.ParseInt(s, 10, 16); err == nil {
 		return int16(n), n >= 0
 	}
