@@ -132,7 +132,7 @@ type policyCtl struct {
 	prober, serverNode, base string
 	current                  int // rules in force; 0: no policy
 	// extra is YAML applied with the policy (the telemetry phase's
-	// FlowLog); set current to -1 after changing it.
+	// FlowLog); change it only with setExtra.
 	extra string
 	uids  map[string]string
 	// Switches records how long each change took to be in force.
@@ -150,6 +150,13 @@ func newPolicyCtl(l *lab.Lab, prober, serverNode, base string) *policyCtl {
 		p.uids[pod.Namespace+"/"+pod.Name] = pod.UID
 	}
 	return p
+}
+
+// setExtra sets the YAML applied with the policy from the next ensure on:
+// it forgets which policy is in force, so that ensure applies (and
+// verifies) it again with the new extra.
+func (p *policyCtl) setExtra(s string) {
+	p.extra, p.current = s, -1
 }
 
 // ensure puts the policy with n rules (0: none) in force, unless it is

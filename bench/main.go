@@ -568,11 +568,17 @@ func run(ctx context.Context, c config) (err error) {
 	}
 
 	if c.phases["telemetry"] {
-		s := &scenario{Key: "telemetry", Title: fmt.Sprintf("Palisade L7 ×%d, FlowLog of every flow", telemetryRules), Client: "mesh/client",
-			URL: meshURL, Procs: nodeProxies, Server: meshFortio, Palisade: true, ClientNode: "node1", ServerNode: "node2", Rules: telemetryRules}
+		// The path of the L7 scenario with telemetryRules rules. Only its
+		// path fields are used: the runs' results go to tr, not to s.
+		l7, ok := l7ByRules[telemetryRules]
+		if !ok {
+			return fmt.Errorf("telemetry: no L7 scenario with %d rules (rule sets %v)", telemetryRules, ruleSets)
+		}
+		s := *l7
+		s.Key, s.Title = "telemetry", fmt.Sprintf("Palisade L7 ×%d, FlowLog of every flow", telemetryRules)
 		// The policy is put in force (and verified from the request
 		// records) with telemetry on; it does not change during the rounds.
-		pol.extra, pol.current = flowLogAll, -1
+		pol.setExtra(flowLogAll)
 		if err := setTelemetry(ctx, l, true); err != nil {
 			return err
 		}
@@ -591,19 +597,19 @@ func run(ctx context.Context, c config) (err error) {
 				}
 				logf("telemetry %v, round %d/%d: fortio at a %d qps target, %d connections, %s", on, round+1, c.rounds, c.maxLoad.QPS, c.maxLoad.Conns, c.maxTime)
 				var r fortioResult
-				run := func() (*fortioResult, error) {
+				measure := func() (*fortioResult, error) {
 					var err error
 					r, err = runFortio(ctx, l, s.Client, s.URL, c.maxLoad, c.maxWarmup, c.maxTime, s.Procs, s.Server)
 					return &r, err
 				}
 				if on {
 					// The node proxies' counters show the path taken.
-					err = check(s, "telemetry on", c.maxLoad.Conns, run)
+					err = check(&s, "telemetry on", c.maxLoad.Conns, measure)
 				} else {
 					// No counters without telemetry: every request must
 					// be answered (fortio's POST /echo is what the
 					// policy's last rule allows; anything else is a 403).
-					_, err = run()
+					_, err = measure()
 					if err == nil && (r.Errors > 0 || r.Requests == 0) {
 						err = fmt.Errorf("telemetry off: %d errors in %d requests", r.Errors, r.Requests)
 					}
@@ -626,10 +632,13 @@ func run(ctx context.Context, c config) (err error) {
 		}
 		tr.RecordsWritten, tr.RecordsDropped = w1-w0, d1-d0
 		tr.summarize()
+		if err := recheck("telemetry runs"); err != nil {
+			return err
+		}
 		res.Telemetry = tr
 		logf("telemetry cost: %.1f%% qps, %+.1f%% p50, %+.1f%% p99; flow records written %.0f, dropped %.0f",
 			tr.QPSCostPercent, tr.P50CostPercent, tr.P99CostPercent, tr.RecordsWritten, tr.RecordsDropped)
-		pol.extra, pol.current = "", -1
+		pol.setExtra("")
 		if err := pol.ensure(ctx, 0); err != nil {
 			return err
 		}
@@ -917,16 +926,18 @@ type counters map[string]float64
 
 var labelRE = regexp.MustCompile(`(\w+)="([^"]*)"`)
 
-func palisadeCounters(ctx context.Context, l *lab.Lab) (counters, error) {
-	out := counters{}
+// scrapeNodeProxyMetrics reads every node proxy's /metrics and calls fn
+// for each sample that has labels, with the node's name, the metric name,
+// the labels and the value.
+func scrapeNodeProxyMetrics(ctx context.Context, l *lab.Lab, fn func(node, name string, labels map[string]string, value float64)) error {
 	for _, n := range l.Status().Nodes {
 		data, err := l.NodeCommand(ctx, n.Name, "curl", "-sS", "-f", "--max-time", "5", "http://127.0.0.1:15020/metrics").Output()
 		if err != nil {
-			return nil, fmt.Errorf("node proxy %s metrics: %w", n.Name, err)
+			return fmt.Errorf("node proxy %s metrics: %w", n.Name, err)
 		}
 		for _, line := range strings.Split(string(data), "\n") {
 			name, rest, ok := strings.Cut(line, "{")
-			if !ok || (name != "palisade_tcp_connections_opened_total" && name != "palisade_l7_requests_total") {
+			if !ok {
 				continue
 			}
 			lbls, val, ok := strings.Cut(rest, "} ")
@@ -939,12 +950,24 @@ func palisadeCounters(ctx context.Context, l *lab.Lab) (counters, error) {
 			}
 			var v float64
 			fmt.Sscan(val, &v)
-			if name == "palisade_tcp_connections_opened_total" {
-				out[n.Name+"/"+lv["direction"]] += v
-			} else {
-				out[n.Name+"/l7/"+lv["direction"]+"/"+lv["verdict"]] += v
-			}
+			fn(n.Name, name, lv, v)
 		}
+	}
+	return nil
+}
+
+func palisadeCounters(ctx context.Context, l *lab.Lab) (counters, error) {
+	out := counters{}
+	err := scrapeNodeProxyMetrics(ctx, l, func(node, name string, lv map[string]string, v float64) {
+		switch name {
+		case "palisade_tcp_connections_opened_total":
+			out[node+"/"+lv["direction"]] += v
+		case "palisade_l7_requests_total":
+			out[node+"/l7/"+lv["direction"]+"/"+lv["verdict"]] += v
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -55,7 +56,12 @@ func setTelemetry(ctx context.Context, l *lab.Lab, on bool) error {
 		if err != nil {
 			return fmt.Errorf("node proxy %s: telemetry %s: %v: %s", n.Name, v, err, out)
 		}
-		if !strings.Contains(string(out), fmt.Sprintf(`"enabled": %v`, on)) {
+		// A pointer, so that an answer without "enabled" is not taken
+		// for "enabled": false.
+		var got struct {
+			Enabled *bool `json:"enabled"`
+		}
+		if err := json.Unmarshal(out, &got); err != nil || got.Enabled == nil || *got.Enabled != on {
 			return fmt.Errorf("node proxy %s: telemetry %s answered %s", n.Name, v, out)
 		}
 	}
@@ -65,26 +71,19 @@ func setTelemetry(ctx context.Context, l *lab.Lab, on bool) error {
 // flowRecordCounts sums palisade_flow_records_total{sink="file"} over the
 // node proxies.
 func flowRecordCounts(ctx context.Context, l *lab.Lab) (written, dropped float64, err error) {
-	for _, n := range l.Status().Nodes {
-		data, err := l.NodeCommand(ctx, n.Name, "curl", "-sS", "-f", "--max-time", "5", "http://127.0.0.1:15020/metrics").Output()
-		if err != nil {
-			return 0, 0, fmt.Errorf("node proxy %s metrics: %w", n.Name, err)
+	err = scrapeNodeProxyMetrics(ctx, l, func(_, name string, lv map[string]string, v float64) {
+		if name != "palisade_flow_records_total" || lv["sink"] != "file" {
+			return
 		}
-		for _, line := range strings.Split(string(data), "\n") {
-			name, rest, ok := strings.Cut(line, "{")
-			if !ok || name != "palisade_flow_records_total" {
-				continue
-			}
-			lbls, val, _ := strings.Cut(rest, "} ")
-			var v float64
-			fmt.Sscan(val, &v)
-			switch {
-			case strings.Contains(lbls, `sink="file"`) && strings.Contains(lbls, `outcome="written"`):
-				written += v
-			case strings.Contains(lbls, `sink="file"`) && strings.Contains(lbls, `outcome="dropped"`):
-				dropped += v
-			}
+		switch lv["outcome"] {
+		case "written":
+			written += v
+		case "dropped":
+			dropped += v
 		}
+	})
+	if err != nil {
+		return 0, 0, err
 	}
 	return written, dropped, nil
 }

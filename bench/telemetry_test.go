@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,5 +27,27 @@ func TestTelemetrySummary(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+
+	// Within 5%, but without flow records written the flow logging was
+	// not measured: not met; met once records were written.
+	ok := &telemetryResults{QPSCostPercent: 1, P50CostPercent: 1, P99CostPercent: 1}
+	res = &results{Telemetry: ok, MaxLoad: res.MaxLoad}
+	res.evaluate()
+	if len(res.Targets) != 1 || res.Targets[0].Met {
+		t.Errorf("targets %+v: no flow records written must not meet the target", res.Targets)
+	}
+	ok.RecordsWritten = 1
+	res.evaluate()
+	if len(res.Targets) != 1 || !res.Targets[0].Met {
+		t.Errorf("targets %+v: a 1%% cost with flow records written and none dropped must meet the target", res.Targets)
+	}
+}
+
+// TestTelemetryRulesMeasured: the telemetry phase runs on the path of the
+// L7 scenario with telemetryRules rules, so that rule set must be measured.
+func TestTelemetryRulesMeasured(t *testing.T) {
+	if !slices.Contains(ruleSets, telemetryRules) {
+		t.Errorf("ruleSets %v lacks telemetryRules (%d)", ruleSets, telemetryRules)
 	}
 }

@@ -76,11 +76,26 @@ type Variable struct {
 	Datasource *Datasource `json:"datasource"`
 	Multi      bool        `json:"multi"`
 	IncludeAll bool        `json:"includeAll"`
-	AllValue   string      `json:"allValue"`
-	Options    []struct {
-		Text  string `json:"text"`
-		Value string `json:"value"`
-	} `json:"options"`
+}
+
+// SampleValues returns a value for each template variable a dashboard
+// query may use (the dashboards' own variables and the Grafana interval
+// variables they use), for expanding queries with Expand outside Grafana:
+// the namespace "shop" (the end-to-end test's), every workload (".*"), the
+// protocols http and grpc (a multi-value selection, as Grafana's regex
+// "http|grpc"), and fixed intervals. A query may use no other variable
+// (the tests check it). The map is new on each call; callers may override
+// entries, as the end-to-end test does with protocol, one protocol at a
+// time.
+func SampleValues() map[string]string {
+	return map[string]string{
+		"namespace":       "shop",
+		"workload":        ".*",
+		"protocol":        "http|grpc",
+		"__rate_interval": "1m",
+		"__range":         "1h",
+		"__interval":      "15s",
+	}
 }
 
 // Files returns the dashboards' paths in dir (every *.json), sorted.

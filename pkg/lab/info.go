@@ -33,6 +33,9 @@ type NodeInfo struct {
 	NodeProxyPID int    `json:"nodeProxyPID,omitempty"`
 	AgentLog     string `json:"agentLog,omitempty"`
 	NodeProxyLog string `json:"nodeProxyLog,omitempty"`
+	// FlowLog is the file the node proxy writes its flow log to (its
+	// --flow-log), "" when it is not started.
+	FlowLog string `json:"flowLog,omitempty"`
 	// BPFFS is the bpffs the lab mounted for the node's agent (its
 	// --bpffs) with Config.EBPF, "" without.
 	BPFFS string `json:"bpffs,omitempty"`
@@ -186,6 +189,7 @@ func (s *state) topology(objs *cluster.Snapshot) *Topology {
 		}
 		if n.NodeProxy != nil {
 			ni.NodeProxyPID, ni.NodeProxyLog = n.NodeProxy.PID, n.NodeProxy.Log
+			ni.FlowLog = s.flowLogPath(n.Name)
 		}
 		if s.EBPF && !s.NoPalisade {
 			ni.BPFFS = s.bpffsDir(n.Name)

@@ -25,7 +25,6 @@ import (
 	"strings"
 	"time"
 
-	pnetns "github.com/palisade-net/palisade/pkg/netns"
 	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -376,6 +375,17 @@ func ensureUnderlayAddr(underlay string, want netip.Addr) (netip.Addr, error) {
 	return got, nil
 }
 
+// EnsureUnderlayAddr gives the underlay bridge, inside the lab's own
+// underlay netns, the address the --kube API server uses, so that
+// processes in the underlay netns can reach the nodes. A bridge that has an
+// IPv4 address already (a --kube lab's) keeps it. It returns the bridge's
+// address.
+func (l *Lab) EnsureUnderlayAddr() (netip.Addr, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return ensureUnderlayAddr(l.st.Underlay, kubeAPIServerIP())
+}
+
 // etcdArgv runs etcd in the underlay netns on its loopback only.
 func (s *state) etcdArgv(ip string) []string {
 	client := fmt.Sprintf("http://127.0.0.1:%d", EtcdClientPort)
@@ -531,13 +541,7 @@ func (l *Lab) startKubeForwarder(ctx context.Context) error {
 // opened for each dial only, so that nothing holds it once the lab is
 // torn down.
 func (s *state) underlayDial(ctx context.Context, network, addr string) (net.Conn, error) {
-	h, err := pnetns.Open(netnsPath(s.Underlay))
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	d := &pnetns.Dialer{Netns: h}
-	return d.DialContext(ctx, network, addr)
+	return dialInNetns(ctx, s.Underlay, network, addr)
 }
 
 // waitEtcdReady polls etcd's /health inside the underlay netns. l.mu is

@@ -669,16 +669,12 @@ func (l *Lab) kubePodStatus(ctx context.Context, p *podState) error {
 		return fmt.Errorf("pod %s/%s: not in the lab's objects", p.Namespace, p.Name)
 	}
 	pods := k.client.CoreV1().Pods(p.Namespace)
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		live, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
+	err = l.updatePodStatus(ctx, pods, p.Name, func(live *corev1.Pod) (*podState, error) {
 		if string(live.UID) != p.UID {
-			return fmt.Errorf("pod object has uid %s, the lab's pod %s", live.UID, p.UID)
+			return nil, fmt.Errorf("pod object has uid %s, the lab's pod %s", live.UID, p.UID)
 		}
-		want := l.st.podObject(live, p).Status
-		want.QOSClass = live.Status.QOSClass
+		return p, nil
+	}, func(live *corev1.Pod, want *corev1.PodStatus) {
 		if p.ready() {
 			for _, c := range live.Spec.InitContainers {
 				want.InitContainerStatuses = append(want.InitContainerStatuses, corev1.ContainerStatus{
@@ -696,14 +692,43 @@ func (l *Lab) kubePodStatus(ctx context.Context, p *podState) error {
 				})
 			}
 		}
-		live.Status = want
-		_, err = pods.UpdateStatus(ctx, live, metav1.UpdateOptions{FieldManager: KubeFieldManager})
-		return err
 	})
 	if err != nil {
 		return fmt.Errorf("pod %s/%s: status: %w", p.Namespace, p.Name, err)
 	}
 	return nil
+}
+
+// podStatusUpdater is the part of a pods client updatePodStatus uses.
+type podStatusUpdater interface {
+	podGetter
+	UpdateStatus(ctx context.Context, pod *corev1.Pod, opts metav1.UpdateOptions) (*corev1.Pod, error)
+}
+
+// updatePodStatus replaces the status of the pod object name with what a
+// kubelet would report for the lab pod labPod returns for the live object
+// (podObject; the QOS class stays the one the API server set), with edit,
+// if not nil, applied to it. It retries on conflicts.
+func (l *Lab) updatePodStatus(ctx context.Context, pods podStatusUpdater, name string,
+	labPod func(live *corev1.Pod) (*podState, error), edit func(live *corev1.Pod, want *corev1.PodStatus)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		live, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ps, err := labPod(live)
+		if err != nil {
+			return err
+		}
+		want := l.st.podObject(live, ps).Status
+		want.QOSClass = live.Status.QOSClass
+		if edit != nil {
+			edit(live, &want)
+		}
+		live.Status = want
+		_, err = pods.UpdateStatus(ctx, live, metav1.UpdateOptions{FieldManager: KubeFieldManager})
+		return err
+	})
 }
 
 // kubeDeletePod deletes the pod object of p. With grace > 0 it is the

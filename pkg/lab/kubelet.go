@@ -24,7 +24,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/retry"
 	"k8s.io/kubelet/pkg/cri/streaming/portforward"
 )
 
@@ -163,23 +162,14 @@ func (l *Lab) kubeCreateDaemonPods(ctx context.Context, nodes []*nodeState) erro
 			if _, err := pods.Create(ctx, pod, metav1.CreateOptions{FieldManager: KubeFieldManager}); err != nil && !apierrors.IsAlreadyExists(err) {
 				return fmt.Errorf("create pod %s: %w", key, err)
 			}
-			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-				live, err := pods.Get(ctx, pod.Name, metav1.GetOptions{})
-				if err != nil {
-					return err
-				}
+			err := l.updatePodStatus(ctx, pods, pod.Name, func(live *corev1.Pod) (*podState, error) {
 				// What a kubelet reports for a running hostNetwork pod:
 				// the node's address as host and pod IP.
-				ps := &podState{
+				return &podState{
 					Namespace: pod.Namespace, Name: pod.Name, UID: string(live.UID), Node: n.Name, IP: n.UnderlayIP,
 					Phase: corev1.PodRunning, CreatedAt: live.CreationTimestamp.UTC(), StartedAt: nowUTC(),
-				}
-				want := l.st.podObject(live, ps).Status
-				want.QOSClass = live.Status.QOSClass
-				live.Status = want
-				_, err = pods.UpdateStatus(ctx, live, metav1.UpdateOptions{FieldManager: KubeFieldManager})
-				return err
-			})
+				}, nil
+			}, nil)
 			if err != nil {
 				return fmt.Errorf("pod %s: status: %w", key, err)
 			}
@@ -248,21 +238,7 @@ func (l *Lab) waitKubeletReady(ctx context.Context, n *nodeState, certPEM []byte
 	}}
 	url := "https://" + n.kubeletAddr() + "/"
 	return l.pollReady(ctx, "kubelet stand-in on node "+n.Name, n.Kubelet, func(ctx context.Context) error {
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNotFound {
-			return fmt.Errorf("GET %s: %s, want 404", url, resp.Status)
-		}
-		return nil
+		return getStatus(ctx, client, url, http.StatusNotFound)
 	})
 }
 
@@ -398,15 +374,15 @@ func (f *netnsPortForwarder) PortForward(ctx context.Context, _ string, _ types.
 }
 
 // dialInNetns connects from inside the named netns, opened for this dial
-// only.
-func dialInNetns(ctx context.Context, netnsName, addr string) (net.Conn, error) {
+// only, so that nothing holds it afterwards.
+func dialInNetns(ctx context.Context, netnsName, network, addr string) (net.Conn, error) {
 	h, err := pnetns.Open(netnsPath(netnsName))
 	if err != nil {
 		return nil, err
 	}
 	defer h.Close()
 	d := &pnetns.Dialer{Netns: h}
-	return d.DialContext(ctx, "tcp4", addr)
+	return d.DialContext(ctx, network, addr)
 }
 
 // RunKubelet runs the kubelet-serve subcommand with its flags:
@@ -461,8 +437,10 @@ func RunKubelet(ctx context.Context, args []string, log *slog.Logger) error {
 			}
 			return st.kubeletPodNetns(*node, namespace, pod, uid)
 		},
-		dial: dialInNetns,
-		log:  log,
+		dial: func(ctx context.Context, netnsName, addr string) (net.Conn, error) {
+			return dialInNetns(ctx, netnsName, "tcp4", addr)
+		},
+		log: log,
 	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", *listen)

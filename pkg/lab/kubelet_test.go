@@ -8,19 +8,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,23 +29,6 @@ import (
 	"k8s.io/client-go/transport/spdy"
 	kubeletportforward "k8s.io/kubelet/pkg/cri/streaming/portforward"
 )
-
-// The test binary is also $(LAB_BIN): the lab starts it as the nodes'
-// kubelet stand-ins (TestMain, in main_test.go, dispatches the other
-// subcommands; init runs before it).
-func init() {
-	if len(os.Args) < 2 || os.Args[1] != KubeletCommand {
-		return
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	err := RunKubelet(ctx, os.Args[2:], slog.New(slog.NewTextHandler(os.Stderr, nil)))
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
 
 // kubeletTestState is a lab of two nodes with pods on both.
 func kubeletTestState() *state {

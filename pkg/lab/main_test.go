@@ -24,6 +24,9 @@ import (
 )
 
 // The test binary doubles as the programs the lab starts:
+//   - "$(LAB_BIN) forward|kubelet-serve" (ForwardCommand,
+//     KubeletCommand): the API server forwarder and the nodes' kubelet
+//     stand-ins;
 //   - "$(LAB_BIN) serve-http|serve-echo": the pod workloads;
 //   - invoked as palisade-agent or palisade-nodeproxy (through symlinks in
 //     a bin dir): fakes that are ready at once, and a fake CNI plugin. They
@@ -39,6 +42,15 @@ func TestMain(m *testing.M) {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		defer stop()
 		if err := RunForward(ctx, os.Args[2:], slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if len(os.Args) > 1 && os.Args[1] == KubeletCommand {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		if err := RunKubelet(ctx, os.Args[2:], slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

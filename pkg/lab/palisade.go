@@ -160,7 +160,13 @@ func (l *Lab) pollReady(ctx context.Context, what string, p *procState, check fu
 	}
 }
 
+// getOK GETs url and wants 200 OK.
 func getOK(ctx context.Context, client *http.Client, url string) error {
+	return getStatus(ctx, client, url, http.StatusOK)
+}
+
+// getStatus GETs url, within 2s, and wants the status code want.
+func getStatus(ctx context.Context, client *http.Client, url string, want int) error {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
@@ -172,8 +178,8 @@ func getOK(ctx context.Context, client *http.Client, url string) error {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	if resp.StatusCode != want {
+		return fmt.Errorf("GET %s: %s, want %d", url, resp.Status, want)
 	}
 	return nil
 }

@@ -165,7 +165,17 @@ spec:
 func l7Lab(t *testing.T) *lab.Lab {
 	t.Helper()
 	l := upLab(t, l7Cluster+"---"+webPolicy+"---"+grpcPolicy+"---"+kafkaPolicy)
+	waitL7Services(t, l)
+	return l
+}
+
+// waitL7Services waits until shop/client reaches the web, grpc and kafka
+// Services of l7Cluster (see waitServiceReachable) and returns their
+// addresses, service name -> "vip:port".
+func waitL7Services(t *testing.T, l *lab.Lab) map[string]string {
+	t.Helper()
 	client := podNetns(t, l, "shop", "client")
+	vips := map[string]string{}
 	for _, svc := range []struct {
 		name string
 		port int
@@ -174,9 +184,10 @@ func l7Lab(t *testing.T) *lab.Lab {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitServiceReachable(t, client, fmt.Sprintf("%s:%d", vip, svc.port))
+		vips[svc.name] = fmt.Sprintf("%s:%d", vip, svc.port)
+		waitServiceReachable(t, client, vips[svc.name])
 	}
-	return l
+	return vips
 }
 
 // waitServiceReachable waits until node1's proxy knows the Service's ready

@@ -55,19 +55,8 @@ func TestKubectlPalisade(t *testing.T) {
 		t.Fatal("kafkaProducePolicy: kafkaPolicy changed shape")
 	}
 	l := upKubeLab(t, l7Cluster+"---"+webPolicy+"---"+grpcPolicy+"---"+kafkaProducePolicy+"---"+deniedFlowLog)
+	vips := waitL7Services(t, l)
 	client := podNetns(t, l, "shop", "client")
-	vips := map[string]string{}
-	for _, svc := range []struct {
-		name string
-		port int
-	}{{"web", 80}, {"grpc", 9090}, {"kafka", 9092}} {
-		vip, err := l.ServiceIP("shop", svc.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		vips[svc.name] = fmt.Sprintf("%s:%d", vip, svc.port)
-		waitServiceReachable(t, client, vips[svc.name])
-	}
 	kubeconfig := l.Status().Kube.Kubeconfig
 	kubectlBin := filepath.Join(builtTools(t, "kube", "kubectl"), "kubectl")
 	// kubectl finds plugins on $PATH.
@@ -230,7 +219,7 @@ func TestKubectlPalisade(t *testing.T) {
 			t.Fatalf("nodes %+v, want node1 and node2", rep.Nodes)
 		}
 		for _, n := range rep.Nodes {
-			if !n.Ready || n.Error != "" || n.Workloads == 0 || n.Identity == "" || n.FlowLogs != 1 {
+			if !n.Ready || n.Error != "" || n.Workloads == 0 || n.IdentitySource == "" || n.FlowLogs != 1 {
 				t.Errorf("node %+v: want ready, serving workloads, with an identity source and one FlowLog", n)
 			}
 		}
@@ -282,11 +271,12 @@ func TestKubectlPalisade(t *testing.T) {
 		}
 	})
 
+	// This subtest relies on the denials the "observe" subtest produced.
 	t.Run("flow log file", func(t *testing.T) {
 		var path string
 		for _, n := range l.Status().Nodes {
 			if n.Name == "node2" {
-				path = filepath.Join(filepath.Dir(n.NodeProxyLog), "flows.jsonl")
+				path = n.FlowLog
 			}
 		}
 		// The HTTP, gRPC and Kafka denials of the observe subtest are in

@@ -96,7 +96,7 @@ func TestPrometheus(t *testing.T) {
 
 	promTraffic(t, l)
 
-	values := map[string]string{"namespace": "shop", "workload": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+	values := dashboards.SampleValues()
 	type check struct {
 		q        dashboards.Query
 		protocol string
@@ -170,17 +170,8 @@ func TestPrometheus(t *testing.T) {
 // plain/visitor, checking that each got the answer policy gives it.
 func promTraffic(t *testing.T, l *lab.Lab) {
 	t.Helper()
+	vips := waitL7Services(t, l)
 	client := podNetns(t, l, "shop", "client")
-	for _, svc := range []struct {
-		name string
-		port int
-	}{{"web", 80}, {"grpc", 9090}, {"kafka", 9092}} {
-		vip, err := l.ServiceIP("shop", svc.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitServiceReachable(t, client, fmt.Sprintf("%s:%d", vip, svc.port))
-	}
 
 	// HTTP, with curl: allowed, denied by the missing allow, denied by the
 	// deny rule.
@@ -200,11 +191,7 @@ func promTraffic(t *testing.T, l *lab.Lab) {
 	}
 
 	// gRPC, with grpc-go: EmptyCall allowed, UnaryCall denied.
-	vip, err := l.ServiceIP("shop", "grpc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := grpcClient(t, client, vip.String()+":9090")
+	tc := grpcClient(t, client, vips["grpc"])
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := tc.EmptyCall(ctx, &testpb.Empty{}); err != nil {
@@ -215,11 +202,7 @@ func promTraffic(t *testing.T, l *lab.Lab) {
 	}
 
 	// Kafka, with franz-go: produce to orders allowed, to secret denied.
-	kvip, err := l.ServiceIP("shop", "kafka")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := kafkaProducer(client, kvip.String()+":9092")
+	kc, err := kafkaProducer(client, vips["kafka"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +238,9 @@ type promServer struct {
 func startPrometheus(t *testing.T, l *lab.Lab, bin string) *promServer {
 	t.Helper()
 	underlay := l.UnderlayNetns()
-	ensureUnderlayAddress(t, underlay)
+	if _, err := l.EnsureUnderlayAddr(); err != nil {
+		t.Fatal(err)
+	}
 	h, err := netns.Open("/var/run/netns/" + underlay)
 	if err != nil {
 		t.Fatal(err)
@@ -354,23 +339,6 @@ scrape_configs:
 		return nil
 	})
 	return ps
-}
-
-// ensureUnderlayAddress gives the underlay bridge an address when it has
-// none (a lab without --kube), so that processes in the underlay netns
-// reach the nodes: the one a --kube lab gives its API server.
-func ensureUnderlayAddress(t *testing.T, underlay string) {
-	t.Helper()
-	out, err := exec.Command("ip", "-n", underlay, "-4", "-o", "addr", "show", "dev", lab.UnderlayBridge).CombinedOutput()
-	if err != nil {
-		t.Fatalf("addresses of %s in %s: %v\n%s", lab.UnderlayBridge, underlay, err, out)
-	}
-	if strings.Contains(string(out), "inet ") {
-		return
-	}
-	if out, err := exec.Command("ip", "-n", underlay, "addr", "add", "10.88.0.1/24", "dev", lab.UnderlayBridge).CombinedOutput(); err != nil {
-		t.Fatalf("address for %s in %s: %v\n%s", lab.UnderlayBridge, underlay, err, out)
-	}
 }
 
 // get fetches an API path and decodes its data.
