@@ -116,6 +116,10 @@ type loadSpec struct {
 	// width of its lowest buckets, within which percentiles are
 	// interpolated.
 	Resolution float64
+	// Uniform spreads the connections' requests evenly over each period
+	// (fortio -uniform) instead of sending one on every connection at the
+	// same moment (fortio's default: bursts of Conns requests at once).
+	Uniform bool
 }
 
 func (ls loadSpec) args(d time.Duration, url string, jsonOut bool) []string {
@@ -124,6 +128,9 @@ func (ls loadSpec) args(d time.Duration, url string, jsonOut bool) []string {
 		"-loglevel", "warning"}
 	if ls.Resolution > 0 {
 		a = append(a, "-r", strconv.FormatFloat(ls.Resolution, 'g', -1, 64))
+	}
+	if ls.Uniform {
+		a = append(a, "-uniform")
 	}
 	if jsonOut {
 		a = append(a, "-json", "-")

@@ -75,11 +75,12 @@ type config struct {
 	kubeBinDir   string
 	enrollPods   int
 	enrollRounds int
+	ebpfRounds   int
 }
 
 // Phases and paths that --phases and --paths select from.
 var (
-	allPhases = []string{"gobench", "enroll", "ebpf", "iperf", "latency", "one-conn", "max", "telemetry"}
+	allPhases = []string{"gobench", "enroll", "ebpf", "iperf", "latency", "paced", "one-conn", "max", "telemetry"}
 	allPaths  = []string{"direct", "palisade", "haproxy", "l7-10", "l7-1000", "same-node"}
 )
 
@@ -143,6 +144,7 @@ func main() {
 	flag.DurationVar(&c.goBenchTime, "gobench-time", time.Second, "-test.benchtime of each Go benchmark run")
 	flag.StringVar(&c.kubeBinDir, "kube-bin-dir", ".cache/test-bin", "directory of kube-apiserver and etcd (make kube), for the enroll phase")
 	flag.IntVar(&c.enrollPods, "enroll-pods", 200, "pods of the enroll phase, spread over its two nodes")
+	flag.IntVar(&c.ebpfRounds, "ebpf-rounds", 7, "iperf3 rounds of the ebpf phase, each one run without and one with the programs (ABBA order)")
 	flag.IntVar(&c.enrollRounds, "enroll-rounds", 3, "label/unlabel rounds of the enroll phase (the median is reported)")
 	flag.Parse()
 	c.maxLoad.Payload = c.load.Payload
@@ -180,6 +182,9 @@ func run(ctx context.Context, c config) (err error) {
 	if c.enrollPods < 2 || c.enrollRounds < 1 {
 		return errors.New("--enroll-pods must be at least 2 and --enroll-rounds at least 1")
 	}
+	if c.ebpfRounds < 1 {
+		return errors.New("--ebpf-rounds must be at least 1")
+	}
 	for _, p := range []*string{&c.binDir, &c.toolsDir, &c.doc, &c.results, &c.pprofDir, &c.kubeBinDir} {
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
@@ -191,7 +196,7 @@ func run(ctx context.Context, c config) (err error) {
 	os.Setenv("PATH", c.toolsDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	// The lab's server pods run iperf3 and fortio (lab.yaml); the enroll
 	// phase runs a lab of its own and only checks rules.
-	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"] || c.phases["max"] || c.phases["ebpf"] || c.phases["telemetry"]
+	needLab := c.phases["iperf"] || c.phases["latency"] || c.phases["paced"] || c.phases["one-conn"] || c.phases["max"] || c.phases["ebpf"] || c.phases["telemetry"]
 	var tools []string
 	if needLab {
 		tools = append(tools, "fortio", "iperf3", "curl")
@@ -271,7 +276,7 @@ func run(ctx context.Context, c config) (err error) {
 	}()
 
 	if c.phases["ebpf"] {
-		if res.EBPF, err = runEBPF(ctx, l, tmp, c.goBenchCount, c.goBenchTime, c.iperfTime, c.rounds); err != nil {
+		if res.EBPF, err = runEBPF(ctx, l, tmp, c.goBenchCount, c.goBenchTime, c.iperfTime, c.ebpfRounds); err != nil {
 			return err
 		}
 	}
@@ -310,7 +315,7 @@ func run(ctx context.Context, c config) (err error) {
 	}
 
 	var hp *haproxyPair
-	if c.paths["haproxy"] && (c.phases["iperf"] || c.phases["latency"] || c.phases["one-conn"]) {
+	if c.paths["haproxy"] && (c.phases["iperf"] || c.phases["latency"] || c.phases["paced"] || c.phases["one-conn"]) {
 		logf("generating certificates and starting the HAProxy pair")
 		certs, err := makeCerts(ctx, tmp)
 		if err != nil {
@@ -441,12 +446,14 @@ func run(ctx context.Context, c config) (err error) {
 	// waits until it is in force), so that a disturbance on this shared
 	// host (other processes, other labs) spreads over all of them;
 	// percentiles are the median over the rounds.
-	if c.phases["latency"] {
-		latency := append(slices.Clone(scenarios), l7s...)
+	latency := append(slices.Clone(scenarios), l7s...)
+	fixedRate := func(pc pacing) error {
+		load := c.load
+		load.Uniform = pc == paced
 		for _, s := range latency {
-			logf("%s: fortio warm-up %s", s.Title, c.warmup)
-			if err := check(s, "fortio warm-up", c.load.Conns, func() (*fortioResult, error) {
-				_, err := runCmd(ctx, l, s.Client, c.load.args(c.warmup, s.URL, false)...)
+			logf("%s: fortio warm-up %s (%s)", s.Title, c.warmup, pc)
+			if err := check(s, "fortio warm-up", load.Conns, func() (*fortioResult, error) {
+				_, err := runCmd(ctx, l, s.Client, load.args(c.warmup, s.URL, false)...)
 				return nil, err
 			}); err != nil {
 				return err
@@ -456,27 +463,32 @@ func run(ctx context.Context, c config) (err error) {
 		for i := range c.rounds {
 			for _, s := range latency {
 				var prof *profiler
-				if s.Key == "palisade" && c.pprofDir != "" && i == 0 {
+				if s.Key == "palisade" && c.pprofDir != "" && i == 0 && pc == bursts {
 					prof = &profiler{l: l, dir: c.pprofDir}
 				}
 				var r fortioResult
-				err := check(s, "fortio", c.load.Conns, func() (*fortioResult, error) {
+				err := check(s, "fortio", load.Conns, func() (*fortioResult, error) {
 					prof.start(ctx, "fortio", round)
 					var err error
-					r, err = runFortio(ctx, l, s.Client, s.URL, c.load, 0, round, s.Procs, procRef{})
+					r, err = runFortio(ctx, l, s.Client, s.URL, load, 0, round, s.Procs, procRef{})
 					prof.wait()
 					return &r, errors.Join(err, prof.err())
 				})
 				if err != nil {
 					return err
 				}
-				s.FortioRounds = append(s.FortioRounds, r)
-				logf("%s: round %d/%d: fortio %d qps, %d connections, %d B bodies, %s: %.0f qps, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
-					s.Title, i+1, c.rounds, c.load.QPS, c.load.Conns, c.load.Payload, round, r.QPS, r.P50, r.P99, r.P999)
+				s.addRound(pc, r)
+				logf("%s: %s round %d/%d: fortio %d qps, %d connections, %d B bodies, %s: %.0f qps, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
+					s.Title, pc, i+1, c.rounds, load.QPS, load.Conns, load.Payload, round, r.QPS, r.P50, r.P99, r.P999)
 			}
 		}
-		for _, s := range latency {
-			s.Fortio = aggregate(s.FortioRounds)
+		return nil
+	}
+	for _, pc := range []pacing{bursts, paced} {
+		if c.phases[pc.phase()] {
+			if err := fixedRate(pc); err != nil {
+				return err
+			}
 		}
 	}
 	if c.phases["one-conn"] && c.oneConnTime > 0 {
@@ -493,7 +505,7 @@ func run(ctx context.Context, c config) (err error) {
 			}
 		}
 	}
-	if c.phases["latency"] || c.phases["one-conn"] {
+	if c.phases["latency"] || c.phases["paced"] || c.phases["one-conn"] {
 		if err := recheck("fortio runs"); err != nil {
 			return err
 		}
@@ -803,10 +815,67 @@ type scenario struct {
 	// Fortio aggregates FortioRounds: median percentiles, summed counts.
 	Fortio       fortioResult   `json:"fortio"`
 	FortioRounds []fortioResult `json:"fortioRounds,omitempty"`
+	// Paced is the same fixed rate with evenly paced requests.
+	Paced *fixedRuns `json:"paced,omitempty"`
 	// FortioOneConn is the same rate over a single connection.
 	FortioOneConn *fortioResult `json:"fortioOneConn,omitempty"`
 	// Max is the maximum-rate run.
 	Max *fortioResult `json:"max,omitempty"`
+}
+
+// fixedRuns are the rounds of one fixed-rate phase and their aggregate.
+type fixedRuns struct {
+	All    fortioResult   `json:"fortio"`
+	Rounds []fortioResult `json:"rounds,omitempty"`
+}
+
+// pacing tells the two fixed-rate phases apart: fortio's default, where
+// every connection sends at the same moment (bursts of --conns requests),
+// and evenly paced requests (fortio -uniform), the arrivals of an open-loop
+// load generator such as the Nighthawk runs behind Istio's published
+// latency figures.
+type pacing int
+
+const (
+	bursts pacing = iota
+	paced
+)
+
+func (pc pacing) String() string { return [...]string{"bursts", "paced"}[pc] }
+
+// describe names the pacing in target lines.
+func (pc pacing) describe() string {
+	return [...]string{"fortio's default: all connections send at once", "evenly paced requests"}[pc]
+}
+
+// phase is the --phases name of the runs.
+func (pc pacing) phase() string { return [...]string{"latency", "paced"}[pc] }
+
+// addRound records one round of pc's runs and aggregates the rounds so
+// far. The bursty runs live in Fortio and FortioRounds (the results file
+// kept its keys), the paced ones in Paced.
+func (s *scenario) addRound(pc pacing, r fortioResult) {
+	if pc == bursts {
+		s.FortioRounds = append(s.FortioRounds, r)
+		s.Fortio = aggregate(s.FortioRounds)
+		return
+	}
+	if s.Paced == nil {
+		s.Paced = &fixedRuns{}
+	}
+	s.Paced.Rounds = append(s.Paced.Rounds, r)
+	s.Paced.All = aggregate(s.Paced.Rounds)
+}
+
+// runs returns pc's aggregate and rounds (none when not run).
+func (s *scenario) runs(pc pacing) (fortioResult, []fortioResult) {
+	if pc == bursts {
+		return s.Fortio, s.FortioRounds
+	}
+	if s.Paced == nil {
+		return fortioResult{}, nil
+	}
+	return s.Paced.All, s.Paced.Rounds
 }
 
 // checkEnrollment makes sure the traffic paths are what they claim: the

@@ -166,6 +166,7 @@ func (r *results) pick(has func(s *scenario) bool, keys ...string) []*scenario {
 }
 
 func hasLatency(s *scenario) bool { return len(s.FortioRounds) > 0 }
+func hasPaced(s *scenario) bool   { return s.Paced != nil && len(s.Paced.Rounds) > 0 }
 func hasMax(s *scenario) bool     { return s.Max != nil }
 
 func l7Key(n int) string { return fmt.Sprintf("l7-%d", n) }
@@ -188,17 +189,27 @@ func (r *results) evaluate() {
 				100*(p.Iperf.Gbps/h.Iperf.Gbps-1)),
 		})
 	}
-	if d != nil && p != nil && hasLatency(d) && hasLatency(p) {
-		added := p.Fortio.P99 - d.Fortio.P99
+	for _, pc := range []pacing{bursts, paced} {
+		if d == nil || p == nil {
+			break
+		}
+		dr, dRounds := d.runs(pc)
+		pr, pRounds := p.runs(pc)
+		if len(dRounds) == 0 || len(pRounds) == 0 {
+			continue
+		}
+		added := pr.P99 - dr.P99
 		hap := ""
-		if h != nil && hasLatency(h) {
-			hap = fmt.Sprintf("; HAProxy pair %+.3f ms", h.Fortio.P99-d.Fortio.P99)
+		if h != nil {
+			if hr, hRounds := h.runs(pc); len(hRounds) > 0 {
+				hap = fmt.Sprintf("; HAProxy pair %+.3f ms", hr.P99-dr.P99)
+			}
 		}
 		r.Targets = append(r.Targets, target{
-			Name: fmt.Sprintf("Added p99 latency within %.1f ms of direct (%d qps, %d B)", targetAddedP99ms, r.Load.QPS, r.Load.Payload),
+			Name: fmt.Sprintf("Added p99 latency within %.1f ms of direct (%d qps, %d B, %d conns, %s)", targetAddedP99ms, r.Load.QPS, r.Load.Payload, r.Load.Conns, pc.describe()),
 			Met:  added <= targetAddedP99ms,
 			Result: fmt.Sprintf("%+.3f ms (p99 %.3f vs %.3f ms)%s; ztunnel's published two-hop figure +%.2f ms",
-				added, p.Fortio.P99, d.Fortio.P99, hap, ztunnelAddedP99),
+				added, pr.P99, dr.P99, hap, ztunnelAddedP99),
 		})
 	}
 	if len(r.PalisadeIdleRSS) == 2 && len(r.PalisadeAfterRSS) == 2 {
@@ -227,16 +238,23 @@ func (r *results) evaluate() {
 // evaluateL7 adds the targets of the L7 issue.
 func (r *results) evaluateL7() {
 	p := r.get("palisade")
-	if l7 := r.pick(hasLatency, l7Key(10), l7Key(1000)); p != nil && hasLatency(p) && len(l7) > 0 {
+	for _, pc := range []pacing{bursts, paced} {
+		has := func(s *scenario) bool { _, rounds := s.runs(pc); return len(rounds) > 0 }
+		l7 := r.pick(has, l7Key(10), l7Key(1000))
+		if p == nil || !has(p) || len(l7) == 0 {
+			continue
+		}
+		pr, _ := p.runs(pc)
 		met := true
 		var parts []string
 		for _, s := range l7 {
-			add := s.Fortio.P99 - p.Fortio.P99
+			sr, _ := s.runs(pc)
+			add := sr.P99 - pr.P99
 			met = met && add < targetL7AddedP99ms
-			parts = append(parts, fmt.Sprintf("×%d rules %+.3f ms (p99 %.3f vs %.3f ms)", s.Rules, add, s.Fortio.P99, p.Fortio.P99))
+			parts = append(parts, fmt.Sprintf("×%d rules %+.3f ms (p99 %.3f vs %.3f ms)", s.Rules, add, sr.P99, pr.P99))
 		}
 		r.Targets = append(r.Targets, target{
-			Name:   fmt.Sprintf("L7 adds under %.1f ms at p99 over the L4 tunnel (%d qps, %d conns)", targetL7AddedP99ms, r.Load.QPS, r.Load.Conns),
+			Name:   fmt.Sprintf("L7 adds under %.1f ms at p99 over the L4 tunnel (%d qps, %d conns, %s)", targetL7AddedP99ms, r.Load.QPS, r.Load.Conns, pc.describe()),
 			Met:    met,
 			Result: strings.Join(parts, "; ") + fmt.Sprintf("; medians of %d rounds", r.Rounds),
 		})
@@ -338,6 +356,9 @@ func (r *results) tables() []table {
 	if t := r.l7Table(); t != nil {
 		out = append(out, *t)
 	}
+	if t := r.pacedTable(); t != nil {
+		out = append(out, *t)
+	}
 	if t := r.maxTable(); t != nil {
 		out = append(out, *t)
 	}
@@ -408,20 +429,21 @@ func proxies(f func(s *scenario) string) func(s *scenario) string {
 
 // latencyRows adds the fixed-rate latency rows: medians over the rounds
 // with their range.
-func (r *results) latencyRows(g *grid) {
+func (r *results) latencyRows(g *grid, pc pacing) {
 	ms := func(name string, f func(fr fortioResult) float64) {
 		g.row(name, func(s *scenario) string {
-			if !hasLatency(s) {
+			all, rounds := s.runs(pc)
+			if len(rounds) == 0 {
 				return "–"
 			}
 			lo, hi := math.Inf(1), math.Inf(-1)
-			for _, r := range s.FortioRounds {
+			for _, r := range rounds {
 				lo, hi = min(lo, f(r)), max(hi, f(r))
 			}
-			if len(s.FortioRounds) < 2 {
-				return fmt.Sprintf("%.3f", f(s.Fortio))
+			if len(rounds) < 2 {
+				return fmt.Sprintf("%.3f", f(all))
 			}
-			return fmt.Sprintf("%.3f (%.2f–%.2f)", f(s.Fortio), lo, hi)
+			return fmt.Sprintf("%.3f (%.2f–%.2f)", f(all), lo, hi)
 		})
 	}
 	rr := fmt.Sprintf(", median of %d rounds (range)", r.Rounds)
@@ -471,7 +493,7 @@ func (r *results) mainTable() *table {
 			}
 			return achieved(s.Fortio)
 		})
-		r.latencyRows(g)
+		r.latencyRows(g, bursts)
 		if d != nil && hasLatency(d) {
 			g.row("added latency vs direct, p50 / p90 / p99 (ms)", func(s *scenario) string {
 				if s == d || !hasLatency(s) {
@@ -551,24 +573,15 @@ func maybeIperf(s *scenario) iperfResult {
 // l7Table compares the Palisade path without L7 policy and with each rule
 // set at the fixed rate, direct alongside.
 func (r *results) l7Table() *table {
-	keys := []string{"direct", "palisade"}
-	for _, n := range ruleSets {
-		keys = append(keys, l7Key(n))
-	}
-	cols := r.pick(hasLatency, keys...)
+	cols := r.pick(hasLatency, withL7("direct", "palisade")...)
 	if !slices.ContainsFunc(cols, func(s *scenario) bool { return s.Rules > 0 }) {
 		return nil
 	}
 	d, p := r.get("direct"), r.get("palisade")
-	g := newGrid("", cols, func(s *scenario) string {
-		if s.Key == "palisade" {
-			return "Palisade L4 (no L7 policy)"
-		}
-		return s.Title
-	})
+	g := newGrid("", cols, titledL4("Palisade L4 (no L7 policy)"))
 	g.row(fmt.Sprintf("fortio: achieved qps (%d target, %d conns, POST %s, %.0f s in %d rounds)", r.Load.QPS, r.Load.Conns, echoPath, r.FortioSeconds, r.Rounds),
 		func(s *scenario) string { return achieved(s.Fortio) })
-	r.latencyRows(g)
+	r.latencyRows(g, bursts)
 	if p != nil && hasLatency(p) {
 		g.row("added latency vs Palisade L4, p50 / p90 / p99 (ms)", func(s *scenario) string {
 			if !s.Palisade || s == p {
@@ -614,6 +627,60 @@ func (r *results) l7Table() *table {
 	}
 	return &table{Title: "L7 policy", Intro: fmt.Sprintf("HTTP/1.1 through the L4 tunnel and with an L7Policy of 10 and of 1,000 HTTP rules on the server's port, the allowing rule last; the same rounds as the table above (%d qps, %d connections, %d B POST bodies).",
 		r.Load.QPS, r.Load.Conns, r.Load.Payload), Rows: g.rows}
+}
+
+// withL7 returns keys followed by the keys of the L7 paths.
+func withL7(keys ...string) []string {
+	for _, n := range ruleSets {
+		keys = append(keys, l7Key(n))
+	}
+	return keys
+}
+
+// titledL4 titles the columns, the L4 Palisade path as l4.
+func titledL4(l4 string) func(s *scenario) string {
+	return func(s *scenario) string {
+		if s.Key == "palisade" {
+			return l4
+		}
+		return s.Title
+	}
+}
+
+// pacedTable shows the fixed-rate runs with evenly paced requests, every
+// path side by side.
+func (r *results) pacedTable() *table {
+	cols := r.pick(hasPaced, withL7("direct", "palisade", "haproxy")...)
+	if len(cols) == 0 {
+		return nil
+	}
+	d, p := r.get("direct"), r.get("palisade")
+	g := newGrid("", cols, titledL4("Palisade L4 (HBONE)"))
+	g.row(fmt.Sprintf("fortio -uniform: achieved qps (%d target, %d conns, %.0f s in %d rounds)", r.Load.QPS, r.Load.Conns, r.FortioSeconds, r.Rounds),
+		func(s *scenario) string { return achieved(s.Paced.All) })
+	r.latencyRows(g, paced)
+	if d != nil && hasPaced(d) {
+		g.row("added latency vs direct, p50 / p90 / p99 (ms)", func(s *scenario) string {
+			if s == d {
+				return "–"
+			}
+			a, b := s.Paced.All, d.Paced.All
+			return fmt.Sprintf("%+.3f / %+.3f / %+.3f", a.P50-b.P50, a.P90-b.P90, a.P99-b.P99)
+		})
+	}
+	if p != nil && hasPaced(p) {
+		g.row("added latency vs Palisade L4, p50 / p99 (ms)", func(s *scenario) string {
+			if !s.Palisade || s == p {
+				return "–"
+			}
+			a, b := s.Paced.All, p.Paced.All
+			return fmt.Sprintf("%+.3f / %+.3f", a.P50-b.P50, a.P99-b.P99)
+		})
+	}
+	g.row(fmt.Sprintf("proxy CPU at %d qps (cores: client hop + server hop)", r.Load.QPS), proxies(func(s *scenario) string { return pair(s.Paced.All.Usage.CPU, "%.3f") }))
+	return &table{Title: "Latency with evenly paced requests", Intro: fmt.Sprintf("The same rate, connections and bodies as above, but fortio spreads the %d connections' requests evenly over each period "+
+		"(`-uniform`) instead of sending one on every connection at the same moment: arrivals like those of an open-loop load generator "+
+		"(Istio's published latency figures come from Nighthawk in open-loop mode). The rounds of all paths take turns as above.", r.Load.Conns), Rows: g.rows}
 }
 
 // maxTable shows the maximum-rate runs.

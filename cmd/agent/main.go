@@ -92,6 +92,7 @@ func run(args []string) error {
 		cniSocket   = fs.String("cni-socket", "/var/run/palisade/cni.sock", "socket the CNI plugin talks to")
 		netnsDir    = fs.String("netns-dir", "/var/run/netns", "directory of named network namespaces to scan")
 		cniWait     = fs.Duration("cni-wait", 10*time.Second, "how long a CNI ADD waits for its pod to appear in the cluster view")
+		workers     = fs.Int("enroll-workers", agent.DefaultEnrollWorkers, "pods enrolled at once: their hand-offs, redirect rules and datapath attachments overlap (0 or less: the default)")
 		spireFlags  spireFlags
 		kube        kubeFlags
 		dpFlags     datapathFlags
@@ -160,14 +161,15 @@ func run(args []string) error {
 	}
 
 	a := agent.New(agent.Config{
-		Node:     *node,
-		Proxy:    hs,
-		Rules:    agent.RedirectRules{Config: redirect.DefaultConfig()},
-		Finder:   &agent.Finder{NetnsDir: *netnsDir, Logger: log},
-		Datapath: agentDatapath(dp),
-		Logger:   log,
-		CNIWait:  *cniWait,
-		Metrics:  agent.NewMetrics(reg),
+		Node:          *node,
+		Proxy:         hs,
+		Rules:         agent.RedirectRules{Config: redirect.DefaultConfig()},
+		Finder:        &agent.Finder{NetnsDir: *netnsDir, Logger: log},
+		Datapath:      agentDatapath(dp),
+		Logger:        log,
+		CNIWait:       *cniWait,
+		EnrollWorkers: *workers,
+		Metrics:       agent.NewMetrics(reg),
 
 		OnEnrolled:  onEnrolled,
 		OnPodStatus: ks.onPodStatus(),

@@ -96,6 +96,10 @@ type Config struct {
 	OnEnrolled func([]workload.Workload)
 	// Metrics, when set, receives the reconcile and pod-state series.
 	Metrics *Metrics
+	// EnrollWorkers is how many pods are enrolled at once
+	// (DefaultEnrollWorkers): their hand-offs, redirect rules (iptables
+	// processes in the pod's namespace) and datapath attachments overlap.
+	EnrollWorkers int
 	// OnPodStatus, when set, is called after every reconcile with the pods
 	// of this node whose EnrollmentAnnotation differs from what the agent
 	// knows (Status "" means the annotation should go). Like OnEnrolled it
@@ -103,9 +107,12 @@ type Config struct {
 	OnPodStatus func([]PodStatus)
 }
 
+// DefaultEnrollWorkers is Config.EnrollWorkers' default.
+const DefaultEnrollWorkers = 4
+
 // EnrollmentAnnotation is the pod annotation that says whether a pod of an
 // enrolled namespace is "enrolled", "pending: <why>" or "failed: <why>".
-const EnrollmentAnnotation = "palisade.dev/enrollment"
+const EnrollmentAnnotation = cluster.EnrollmentAnnotation
 
 // PodStatus is the enrollment state of one pod of this node.
 type PodStatus struct {
@@ -159,6 +166,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.CNIWait == 0 {
 		cfg.CNIWait = 10 * time.Second
+	}
+	if cfg.EnrollWorkers <= 0 {
+		cfg.EnrollWorkers = DefaultEnrollWorkers
 	}
 	return &Agent{
 		cfg:      cfg,
@@ -376,17 +386,7 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 			errs = append(errs, err)
 		}
 	}
-	for _, uid := range slices.Sorted(maps.Keys(want)) {
-		if only != nil && !only[uid] {
-			continue
-		}
-		if err := a.enroll(ctx, want[uid]); err != nil {
-			errs = append(errs, err)
-		}
-		// Each pod's status goes out as soon as it is known, not after
-		// the whole pass: a label enrolling a hundred pods shows progress.
-		a.notifyPodStatus(true)
-	}
+	errs = append(errs, a.enrollAll(ctx, want, only)...)
 	a.notifyEnrolled()
 	if only == nil && !a.straysCleaned && a.snap != nil {
 		// Stray rules can only come from a time the agent was not running,
@@ -402,13 +402,73 @@ func (a *Agent) reconcileLocked(ctx context.Context, only map[string]bool) error
 	return errors.Join(errs...)
 }
 
-func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
+// enrollAll enrolls the pods of want (only those in only, when given),
+// EnrollWorkers at a time. Each pod's status goes out as soon as it is
+// known, not after the whole pass: a label enrolling a hundred pods shows
+// progress.
+func (a *Agent) enrollAll(ctx context.Context, want map[string]workload.Workload, only map[string]bool) []error {
+	var errs []error
+	var jobs []*enrollJob
+	for _, uid := range slices.Sorted(maps.Keys(want)) {
+		if only != nil && !only[uid] {
+			continue
+		}
+		job, err := a.prepareEnroll(ctx, want[uid])
+		if err != nil {
+			errs = append(errs, err)
+			a.notifyPodStatus(true)
+		}
+		if job != nil {
+			jobs = append(jobs, job)
+		}
+	}
+	if len(jobs) == 0 {
+		return errs
+	}
+	workers := min(a.cfg.EnrollWorkers, len(jobs))
+	todo := make(chan *enrollJob)
+	done := make(chan *enrollJob)
+	for range workers {
+		go func() {
+			for job := range todo {
+				a.applyEnroll(ctx, job)
+				done <- job
+			}
+		}()
+	}
+	go func() {
+		defer close(todo)
+		for _, job := range jobs {
+			todo <- job
+		}
+	}()
+	for range jobs {
+		if err := a.finishEnroll(<-done); err != nil {
+			errs = append(errs, err)
+		}
+		a.notifyPodStatus(true)
+	}
+	return errs
+}
+
+// enrollJob is one pod's enrollment: prepared and finished under the
+// agent's lock, applied (hand-off, rules, datapath) by a worker.
+type enrollJob struct {
+	w   workload.Workload
+	cur *pod
+	// Results of apply.
+	perr  error // the hand-off's
+	err   error // the first failing stage after the hand-off, staged
+	stage string
+}
+
+// prepareEnroll finds the pod's namespace and records the pod; a nil job
+// means there is nothing to do (or the error says why not).
+func (a *Agent) prepareEnroll(ctx context.Context, w workload.Workload) (*enrollJob, error) {
 	cur := a.enrolled[w.UID]
 	if cur != nil && sameFacts(cur.wl, w) && cur.status == "enrolled" && !cur.awaitingProxy {
-		return nil
+		return nil, nil
 	}
-	var h *netns.Handle
-	var path string
 	if cur != nil && a.known[w.UID] != "" && a.known[w.UID] != cur.path {
 		// CNI named the pod's namespace after a scan had found one: the
 		// runtime's word wins.
@@ -423,39 +483,57 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 		delete(a.enrolled, w.UID)
 		cur = nil
 	}
-	if cur != nil {
-		h, path = cur.ns, cur.path
-	} else {
-		var err error
-		h, path, err = a.openNetns(w)
+	if cur == nil {
+		h, path, err := a.openNetns(w)
 		if err != nil {
-			return staged(StageNetns, fmt.Errorf("enroll %s: %w", w.Key(), err))
+			return nil, staged(StageNetns, fmt.Errorf("enroll %s: %w", w.Key(), err))
 		}
 		ino, _ := h.Inode()
 		cur = &pod{ns: h, path: path, inode: ino}
 		a.enrolled[w.UID] = cur
 	}
 	cur.wl = w
-	log := a.log.With("pod", w.Key(), "uid", w.UID, "netns", path)
+	return &enrollJob{w: w, cur: cur}, nil
+}
+
+// applyEnroll hands the pod to the node proxy and installs its rules and
+// datapath. It touches only the job and the agent's components (each safe
+// for concurrent use on different pods), so jobs of different pods may run
+// at once.
+func (a *Agent) applyEnroll(ctx context.Context, job *enrollJob) {
+	w, h := job.w, job.cur.ns
+	a.log.Debug("enrolling pod", "pod", w.Key(), "uid", w.UID)
 	// Listeners first, then rules: no window in which captured traffic finds
 	// no proxy. If the proxy is absent the rules still go in: the pod's
 	// connections are refused until it arrives, never sent in plaintext.
-	perr := a.cfg.Proxy.AddWorkload(ctx, w, h.File())
-	if perr != nil && !errors.Is(perr, handoff.ErrNoProxy) {
-		cur.status = "failed: " + perr.Error()
-		return staged(StageHandoff, fmt.Errorf("enroll %s: node proxy: %w", w.Key(), perr))
+	job.perr = a.cfg.Proxy.AddWorkload(ctx, w, h.File())
+	if job.perr != nil && !errors.Is(job.perr, handoff.ErrNoProxy) {
+		job.err = staged(StageHandoff, fmt.Errorf("enroll %s: node proxy: %w", w.Key(), job.perr))
+		job.stage = job.perr.Error()
+		return
 	}
 	if err := a.cfg.Rules.Install(ctx, h); err != nil {
-		cur.status = "failed: " + err.Error()
-		return staged(StageRules, fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err))
+		job.err = staged(StageRules, fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err))
+		job.stage = err.Error()
+		return
 	}
 	if a.cfg.Datapath != nil {
 		if err := a.cfg.Datapath.Attach(ctx, w, h); err != nil {
-			cur.status = "failed: " + err.Error()
-			return staged(StageDatapath, fmt.Errorf("enroll %s: kernel datapath: %w", w.Key(), err))
+			job.err = staged(StageDatapath, fmt.Errorf("enroll %s: kernel datapath: %w", w.Key(), err))
+			job.stage = err.Error()
 		}
 	}
-	if perr != nil {
+}
+
+// finishEnroll records the outcome of an applied job.
+func (a *Agent) finishEnroll(job *enrollJob) error {
+	w, cur := job.w, job.cur
+	if job.err != nil {
+		cur.status = "failed: " + job.stage
+		return job.err
+	}
+	log := a.log.With("pod", w.Key(), "uid", w.UID, "netns", cur.path)
+	if job.perr != nil {
 		cur.awaitingProxy = true
 		// After an agent restart the node proxy is usually still running
 		// and serving the pod; it reconnects within moments and the
@@ -468,7 +546,7 @@ func (a *Agent) enroll(ctx context.Context, w workload.Workload) error {
 		} else {
 			cur.status = "enrolled"
 		}
-		log.Warn("pod enrolled without a node proxy connected; its new connections are refused until one takes it", "reason", perr)
+		log.Warn("pod enrolled without a node proxy connected; its new connections are refused until one takes it", "reason", job.perr)
 		return staged(StageHandoff, fmt.Errorf("enroll %s: %w", w.Key(), errAwaitingProxy))
 	}
 	if cur.status != "enrolled" || cur.awaitingProxy {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -388,5 +390,74 @@ spec: {nodeName: n1, serviceAccountName: api}
 	}
 	if got, want := strings.Join(calls, " "), "[shop/a@default shop/e@api] [shop/e@api] []"; got != want {
 		t.Fatalf("OnEnrolled calls %q, want %q", got, want)
+	}
+}
+
+// gatedRules is a Rules whose Install waits until `want` installs are under
+// way at once (or a timeout), recording the most seen together.
+type gatedRules struct {
+	*fakeRules
+	want    int
+	mu      sync.Mutex
+	cond    *sync.Cond
+	running int
+	most    int
+}
+
+func (r *gatedRules) Install(ctx context.Context, h *netns.Handle) error {
+	r.mu.Lock()
+	r.running++
+	r.most = max(r.most, r.running)
+	r.cond.Broadcast()
+	deadline := time.AfterFunc(2*time.Second, func() { r.mu.Lock(); r.cond.Broadcast(); r.mu.Unlock() })
+	start := time.Now()
+	for r.most < r.want && time.Since(start) < 2*time.Second {
+		r.cond.Wait()
+	}
+	deadline.Stop()
+	r.running--
+	r.mu.Unlock()
+	return r.fakeRules.Install(ctx, h)
+}
+
+// TestEnrollsPodsInParallel: a label enrolling many pods of the node runs
+// EnrollWorkers enrollments at once, each still handing the pod to the
+// proxy before its rules go in, and every pod ends enrolled.
+func TestEnrollsPodsInParallel(t *testing.T) {
+	const pods, workers = 9, 3
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {palisade.dev/mtls: enabled}}\n")
+	for i := range pods {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: shop, uid: p%d}\nspec: {nodeName: n1}\nstatus: {podIP: 10.0.0.%d}\n", i, i, i+1)
+	}
+	j := &journal{}
+	fr := &fakeRules{j: j, installed: map[*netns.Handle]bool{}, names: map[*netns.Handle]string{}}
+	rules := &gatedRules{fakeRules: fr, want: workers}
+	rules.cond = sync.NewCond(&rules.mu)
+	a := New(Config{Node: "n1", Proxy: &fakeProxy{j: j}, Rules: rules, Finder: &fakeFinder{t: t, rules: fr, missing: map[string]bool{}},
+		EnrollWorkers: workers})
+	a.OnSnapshot(snapshot(t, b.String()))
+	if err := a.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rules.most != workers {
+		t.Fatalf("at most %d rule installs ran at once, want %d (EnrollWorkers)", rules.most, workers)
+	}
+	ops := strings.Fields(j.take())
+	for i := range pods {
+		add := slices.Index(ops, fmt.Sprintf("proxy-add:p%d:permissive", i))
+		inst := slices.Index(ops, fmt.Sprintf("rules-install:p%d", i))
+		if add < 0 || inst < 0 || add > inst {
+			t.Fatalf("p%d: proxy-add at %d, rules-install at %d: %v", i, add, inst, ops)
+		}
+	}
+	st := a.Status()
+	if len(st) != pods {
+		t.Fatalf("status of %d pods, want %d: %v", len(st), pods, st)
+	}
+	for k, v := range st {
+		if v != "enrolled" {
+			t.Fatalf("%s: %q", k, v)
+		}
 	}
 }

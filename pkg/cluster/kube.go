@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -120,8 +122,12 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "cluster-snapshot"})
 	defer queue.ShutDown()
 	changed := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { queue.AddAfter(snapshotKey, debounce) },
-		UpdateFunc: func(any, any) { queue.AddAfter(snapshotKey, debounce) },
+		AddFunc: func(any) { queue.AddAfter(snapshotKey, debounce) },
+		UpdateFunc: func(oldObj, newObj any) {
+			if !onlyBookkeeping(oldObj, newObj) {
+				queue.AddAfter(snapshotKey, debounce)
+			}
+		},
 		DeleteFunc: func(any) { queue.AddAfter(snapshotKey, debounce) },
 	}
 
@@ -306,6 +312,56 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 		}
 		queue.Done(key)
 	}
+}
+
+// EnrollmentAnnotation is the pod annotation in which each node's agent
+// reports the pod's enrollment state (agent.EnrollmentAnnotation).
+const EnrollmentAnnotation = "palisade.dev/enrollment"
+
+// onlyBookkeeping reports whether two versions of an object differ in
+// nothing a snapshot's reader acts on: the resource version, managed
+// fields, and the agents' own EnrollmentAnnotation. Without it each
+// annotation an agent writes would make every agent and node proxy convert
+// every object into a new view and reconcile against it, once per pod of a
+// namespace being enrolled, and the 2 CPUs of a small node would spend the
+// enrollment rebuilding views. (The agents keep what they wrote
+// themselves; the next real change brings the annotations in.)
+func onlyBookkeeping(oldObj, newObj any) bool {
+	a, ok := oldObj.(*unstructured.Unstructured)
+	if !ok {
+		return false
+	}
+	b, ok := newObj.(*unstructured.Unstructured)
+	if !ok {
+		return false
+	}
+	return reflect.DeepEqual(withoutBookkeeping(a.Object), withoutBookkeeping(b.Object))
+}
+
+// withoutBookkeeping returns o without what onlyBookkeeping ignores,
+// copying only the maps it changes.
+func withoutBookkeeping(o map[string]any) map[string]any {
+	md, ok := o["metadata"].(map[string]any)
+	if !ok {
+		return o
+	}
+	md = maps.Clone(md)
+	delete(md, "resourceVersion")
+	delete(md, "managedFields")
+	if ann, ok := md["annotations"].(map[string]any); ok {
+		if _, ours := ann[EnrollmentAnnotation]; ours {
+			ann = maps.Clone(ann)
+			delete(ann, EnrollmentAnnotation)
+		}
+		if len(ann) == 0 {
+			delete(md, "annotations")
+		} else {
+			md["annotations"] = ann
+		}
+	}
+	c := maps.Clone(o)
+	c["metadata"] = md
+	return c
 }
 
 // serves reports whether the API server serves gvr (its CRD is

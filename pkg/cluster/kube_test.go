@@ -91,3 +91,54 @@ func TestKubeSource(t *testing.T) {
 	}
 	waitSnap("the policy gone", func(s *Snapshot) bool { return len(s.Other) == 0 })
 }
+
+func TestOnlyBookkeeping(t *testing.T) {
+	toU := func(p *corev1.Pod) *unstructured.Unstructured {
+		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{Object: m}
+		u.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
+		return u
+	}
+	base := func() *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "u1", ResourceVersion: "1",
+				Labels: map[string]string{"app": "web"}, Annotations: map[string]string{"team": "a"}},
+			Spec:   corev1.PodSpec{NodeName: "n1"},
+			Status: corev1.PodStatus{PodIP: "10.0.0.1"},
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(p *corev1.Pod)
+		want   bool
+	}{
+		{"resource version only", func(p *corev1.Pod) { p.ResourceVersion = "2" }, true},
+		{"enrollment annotation added", func(p *corev1.Pod) { p.ResourceVersion = "2"; p.Annotations[EnrollmentAnnotation] = "enrolled" }, true},
+		{"enrollment annotation replacing another", func(p *corev1.Pod) { p.Annotations = map[string]string{EnrollmentAnnotation: "pending: x"} }, false},
+		{"other annotation", func(p *corev1.Pod) { p.Annotations["team"] = "b" }, false},
+		{"label", func(p *corev1.Pod) { p.Labels["palisade.dev/mtls"] = "disabled" }, false},
+		{"pod IP", func(p *corev1.Pod) { p.Status.PodIP = "10.0.0.2" }, false},
+		{"deletion", func(p *corev1.Pod) { now := metav1.Now(); p.DeletionTimestamp = &now }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := base()
+			tc.change(p)
+			if got := onlyBookkeeping(toU(base()), toU(p)); got != tc.want {
+				t.Fatalf("onlyBookkeeping = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// Without annotations before, the enrollment annotation alone is
+	// bookkeeping too (no empty map left to tell them apart).
+	a, b := base(), base()
+	a.Annotations, b.Annotations = nil, map[string]string{EnrollmentAnnotation: "enrolled"}
+	if !onlyBookkeeping(toU(a), toU(b)) {
+		t.Fatal("adding the enrollment annotation to a pod without annotations is not bookkeeping")
+	}
+	if onlyBookkeeping("x", toU(b)) {
+		t.Fatal("a non-object is bookkeeping")
+	}
+}

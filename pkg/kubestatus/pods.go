@@ -65,15 +65,17 @@ func (a *PodAnnotator) Update(list []agent.PodStatus) {
 // annotationWorkers is how many PATCHes are in flight at once: a label
 // that enrolls a hundred pods on a node should not wait for a hundred
 // round trips in a row.
-const annotationWorkers = 4
+const annotationWorkers = 16
 
 // Run writes annotations until ctx ends.
 func (a *PodAnnotator) Run(ctx context.Context) {
 	runQueue(ctx, a.queue, annotationWorkers, func(key types.NamespacedName) error {
 		a.mu.Lock()
 		ps, ok := a.want[key]
+		w, written := a.written[key]
 		a.mu.Unlock()
-		if !ok {
+		if !ok || (written && w == ps.Status) {
+			// Gone, or queued again while its write was under way.
 			return nil
 		}
 		return a.write(ctx, ps)

@@ -518,8 +518,20 @@ func TestSwitchBackend(t *testing.T) {
 	_, h := newNetns(t)
 	pre := dump(t, h)
 	legacy, nft := testConfig(BackendLegacy), testConfig(BackendNFT)
+	// A new namespace has no legacy table: nft installs skip the
+	// legacy-save there (legacyTablesExist), and must not once there are.
+	for _, fam := range []family{familyV4, familyV6} {
+		if legacyTablesExist(h, fam) {
+			t.Fatalf("%s: legacy tables reported in a new namespace", fam.name)
+		}
+	}
 
 	mustInstall(t, h, legacy)
+	for _, fam := range []family{familyV4, familyV6} {
+		if !legacyTablesExist(h, fam) {
+			t.Fatalf("%s: no legacy tables reported after a legacy install", fam.name)
+		}
+	}
 	wantInstalled(t, h, legacy, true)
 	wantInstalled(t, h, nft, false)
 	mustInstall(t, h, nft)
