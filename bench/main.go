@@ -579,6 +579,17 @@ func run(ctx context.Context, c config) (err error) {
 		}
 	}
 
+	if c.phases["max"] {
+		if err := pol.ensure(ctx, 0); err != nil {
+			return err
+		}
+		logf("idle %s before reading RSS after the maximum-rate runs", c.settle)
+		sleep(ctx, c.settle)
+		if res.PalisadeAfterMaxRSS, err = rssMB(nodeProxies); err != nil {
+			return err
+		}
+	}
+
 	if c.phases["telemetry"] {
 		// The path of the L7 scenario with telemetryRules rules. Only its
 		// path fields are used: the runs' results go to tr, not to s.
@@ -656,16 +667,6 @@ func run(ctx context.Context, c config) (err error) {
 		}
 	}
 
-	if c.phases["max"] {
-		if err := pol.ensure(ctx, 0); err != nil {
-			return err
-		}
-		logf("idle %s before reading RSS after the maximum-rate runs", c.settle)
-		sleep(ctx, c.settle)
-		if res.PalisadeAfterMaxRSS, err = rssMB(nodeProxies); err != nil {
-			return err
-		}
-	}
 	if c.pprofDir != "" {
 		p := &profiler{l: l, dir: c.pprofDir}
 		if err := p.heap(ctx); err != nil {
@@ -865,6 +866,12 @@ func (s *scenario) addRound(pc pacing, r fortioResult) {
 	}
 	s.Paced.Rounds = append(s.Paced.Rounds, r)
 	s.Paced.All = aggregate(s.Paced.Rounds)
+}
+
+// has reports whether pc's runs were made on the scenario.
+func (s *scenario) has(pc pacing) bool {
+	_, rounds := s.runs(pc)
+	return len(rounds) > 0
 }
 
 // runs returns pc's aggregate and rounds (none when not run).

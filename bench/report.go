@@ -21,6 +21,8 @@ import (
 const (
 	targetAddedP99ms = 0.5
 	targetIdleRSSMB  = 30.0
+	// The eBPF issue's: the programs cost under 3 % of iperf3 throughput.
+	targetEBPFCostPercent = 3.0
 	// The L7 issue's targets: L7 adds under 0.1 ms at p99 over the L4
 	// tunnel at 1000 qps; 1,000 rules cost under 5 µs per request;
 	// 20,000 rps through one node proxy without latency collapse, which
@@ -165,8 +167,8 @@ func (r *results) pick(has func(s *scenario) bool, keys ...string) []*scenario {
 	return out
 }
 
-func hasLatency(s *scenario) bool { return len(s.FortioRounds) > 0 }
-func hasPaced(s *scenario) bool   { return s.Paced != nil && len(s.Paced.Rounds) > 0 }
+func hasLatency(s *scenario) bool { return s.has(bursts) }
+func hasPaced(s *scenario) bool   { return s.has(paced) }
 func hasMax(s *scenario) bool     { return s.Max != nil }
 
 func l7Key(n int) string { return fmt.Sprintf("l7-%d", n) }
@@ -190,18 +192,15 @@ func (r *results) evaluate() {
 		})
 	}
 	for _, pc := range []pacing{bursts, paced} {
-		if d == nil || p == nil {
-			break
-		}
-		dr, dRounds := d.runs(pc)
-		pr, pRounds := p.runs(pc)
-		if len(dRounds) == 0 || len(pRounds) == 0 {
+		if d == nil || p == nil || !d.has(pc) || !p.has(pc) {
 			continue
 		}
+		dr, _ := d.runs(pc)
+		pr, _ := p.runs(pc)
 		added := pr.P99 - dr.P99
 		hap := ""
 		if h != nil {
-			if hr, hRounds := h.runs(pc); len(hRounds) > 0 {
+			if hr, _ := h.runs(pc); h.has(pc) {
 				hap = fmt.Sprintf("; HAProxy pair %+.3f ms", hr.P99-dr.P99)
 			}
 		}
@@ -224,6 +223,14 @@ func (r *results) evaluate() {
 	}
 	r.evaluateL7()
 	r.evaluateEnroll()
+	if e := r.EBPF; e != nil && len(e.WithGbps) > 0 {
+		r.Targets = append(r.Targets, target{
+			Name: fmt.Sprintf("eBPF programs cost under %.0f%% of iperf3 throughput", targetEBPFCostPercent),
+			Met:  e.CostPercent < targetEBPFCostPercent,
+			Result: fmt.Sprintf("%.1f%% by the medians of %d ABBA rounds (%.2f vs %.2f Gbit/s); median of the rounds' own differences %.1f%%",
+				e.CostPercent, len(e.WithGbps), medianOf(e.WithoutGbps), medianOf(e.WithGbps), e.PairedCostPercent),
+		})
+	}
 	if t := r.Telemetry; t != nil {
 		worst := max(t.QPSCostPercent, t.P50CostPercent, t.P99CostPercent)
 		r.Targets = append(r.Targets, target{
@@ -239,9 +246,8 @@ func (r *results) evaluate() {
 func (r *results) evaluateL7() {
 	p := r.get("palisade")
 	for _, pc := range []pacing{bursts, paced} {
-		has := func(s *scenario) bool { _, rounds := s.runs(pc); return len(rounds) > 0 }
-		l7 := r.pick(has, l7Key(10), l7Key(1000))
-		if p == nil || !has(p) || len(l7) == 0 {
+		l7 := r.pick(func(s *scenario) bool { return s.has(pc) }, l7Key(10), l7Key(1000))
+		if p == nil || !p.has(pc) || len(l7) == 0 {
 			continue
 		}
 		pr, _ := p.runs(pc)

@@ -112,18 +112,19 @@ func (r *telemetryResults) markdown(load loadSpec) string {
 		"target over %d connections, alternating rounds with the node proxies' telemetry off and on:\n\n",
 		telemetryRules, load.QPS, load.Conns)
 	b.WriteString("| telemetry | qps (median) | p50 ms | p99 ms | rounds (qps) |\n|---|---:|---:|---:|---|\n")
-	fmt.Fprintf(&b, "| off | %.0f | %.2f | %.2f | %s |\n", medianOf(r.OffQPS), medianOf(r.OffP50), medianOf(r.OffP99), qpsList(r.OffQPS))
-	fmt.Fprintf(&b, "| on | %.0f | %.2f | %.2f | %s |\n", medianOf(r.OnQPS), medianOf(r.OnP50), medianOf(r.OnP99), qpsList(r.OnQPS))
+	fmt.Fprintf(&b, "| off | %.0f | %.2f | %.2f | %s |\n", medianOf(r.OffQPS), medianOf(r.OffP50), medianOf(r.OffP99), joinFloats(r.OffQPS, "%.0f"))
+	fmt.Fprintf(&b, "| on | %.0f | %.2f | %.2f | %s |\n", medianOf(r.OnQPS), medianOf(r.OnP50), medianOf(r.OnP99), joinFloats(r.OnQPS, "%.0f"))
 	fmt.Fprintf(&b, "\nCost of telemetry: %.1f%% throughput, %+.1f%% p50, %+.1f%% p99 (target: under 5%%). "+
 		"Flow records written during the on rounds: %.0f, dropped: %.0f.\n",
 		r.QPSCostPercent, r.P50CostPercent, r.P99CostPercent, r.RecordsWritten, r.RecordsDropped)
 	return b.String()
 }
 
-func qpsList(v []float64) string {
+// joinFloats formats v with format, comma-separated.
+func joinFloats(v []float64, format string) string {
 	s := make([]string, len(v))
 	for i, x := range v {
-		s[i] = fmt.Sprintf("%.0f", x)
+		s[i] = fmt.Sprintf(format, x)
 	}
 	return strings.Join(s, ", ")
 }

@@ -38,8 +38,9 @@ func TestUpKubeFlags(t *testing.T) {
 		}
 	}
 	// The forwarder refuses anything but loopback.
-	if code := run([]string{lab.ForwardCommand, "--netns", "x", "--to", "10.0.0.1:1", "--listen", "0.0.0.0:1"}, &out, &errb); code != 1 {
-		t.Errorf("forward on 0.0.0.0: exit %d", code)
+	errb.Reset()
+	if code := run([]string{lab.ForwardCommand, "--netns", "x", "--to", "10.0.0.1:1", "--listen", "0.0.0.0:1"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "want a loopback") {
+		t.Errorf("forward on 0.0.0.0: exit %d, stderr %q", code, errb.String())
 	}
 }
 

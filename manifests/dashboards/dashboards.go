@@ -15,8 +15,6 @@ import (
 type Query struct {
 	// File is the dashboard's file name (palisade-namespace.json).
 	File string
-	// Dashboard is the dashboard's title.
-	Dashboard string
 	// Panel is the panel's title, RefID the target's letter in it.
 	Panel string
 	RefID string
@@ -150,7 +148,7 @@ func Queries(dir string) ([]Query, error) {
 		}
 		for _, p := range d.AllPanels() {
 			for _, t := range p.Targets {
-				out = append(out, Query{File: filepath.Base(f), Dashboard: d.Title, Panel: p.Title, RefID: t.RefID, Expr: t.Expr})
+				out = append(out, Query{File: filepath.Base(f), Panel: p.Title, RefID: t.RefID, Expr: t.Expr})
 			}
 		}
 	}

@@ -426,7 +426,11 @@ func (a *Agent) enrollAll(ctx context.Context, want map[string]workload.Workload
 		return errs
 	}
 	workers := min(a.cfg.EnrollWorkers, len(jobs))
-	todo := make(chan *enrollJob)
+	todo := make(chan *enrollJob, len(jobs))
+	for _, job := range jobs {
+		todo <- job
+	}
+	close(todo)
 	done := make(chan *enrollJob)
 	for range workers {
 		go func() {
@@ -436,12 +440,6 @@ func (a *Agent) enrollAll(ctx context.Context, want map[string]workload.Workload
 			}
 		}()
 	}
-	go func() {
-		defer close(todo)
-		for _, job := range jobs {
-			todo <- job
-		}
-	}()
 	for range jobs {
 		if err := a.finishEnroll(<-done); err != nil {
 			errs = append(errs, err)
@@ -456,10 +454,12 @@ func (a *Agent) enrollAll(ctx context.Context, want map[string]workload.Workload
 type enrollJob struct {
 	w   workload.Workload
 	cur *pod
+	// handoffOnly: only the hand-off is still to do (see prepareEnroll).
+	handoffOnly bool
 	// Results of apply.
-	perr  error // the hand-off's
-	err   error // the first failing stage after the hand-off, staged
-	stage string
+	perr  error  // the hand-off's
+	err   error  // the failure that ends the attempt, staged
+	cause string // its message for the pod's status
 }
 
 // prepareEnroll finds the pod's namespace and records the pod; a nil job
@@ -492,8 +492,12 @@ func (a *Agent) prepareEnroll(ctx context.Context, w workload.Workload) (*enroll
 		cur = &pod{ns: h, path: path, inode: ino}
 		a.enrolled[w.UID] = cur
 	}
+	// A pod waiting for the node proxy got its rules and programs with the
+	// first attempt; the retries (every second while the proxy is away)
+	// only repeat the hand-off.
+	job := &enrollJob{w: w, cur: cur, handoffOnly: cur.awaitingProxy && sameFacts(cur.wl, w)}
 	cur.wl = w
-	return &enrollJob{w: w, cur: cur}, nil
+	return job, nil
 }
 
 // applyEnroll hands the pod to the node proxy and installs its rules and
@@ -509,18 +513,21 @@ func (a *Agent) applyEnroll(ctx context.Context, job *enrollJob) {
 	job.perr = a.cfg.Proxy.AddWorkload(ctx, w, h.File())
 	if job.perr != nil && !errors.Is(job.perr, handoff.ErrNoProxy) {
 		job.err = staged(StageHandoff, fmt.Errorf("enroll %s: node proxy: %w", w.Key(), job.perr))
-		job.stage = job.perr.Error()
+		job.cause = job.perr.Error()
+		return
+	}
+	if job.handoffOnly {
 		return
 	}
 	if err := a.cfg.Rules.Install(ctx, h); err != nil {
 		job.err = staged(StageRules, fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err))
-		job.stage = err.Error()
+		job.cause = err.Error()
 		return
 	}
 	if a.cfg.Datapath != nil {
 		if err := a.cfg.Datapath.Attach(ctx, w, h); err != nil {
 			job.err = staged(StageDatapath, fmt.Errorf("enroll %s: kernel datapath: %w", w.Key(), err))
-			job.stage = err.Error()
+			job.cause = err.Error()
 		}
 	}
 }
@@ -529,7 +536,8 @@ func (a *Agent) applyEnroll(ctx context.Context, job *enrollJob) {
 func (a *Agent) finishEnroll(job *enrollJob) error {
 	w, cur := job.w, job.cur
 	if job.err != nil {
-		cur.status = "failed: " + job.stage
+		cur.status = "failed: " + job.cause
+		cur.awaitingProxy = false // the next attempt applies everything again
 		return job.err
 	}
 	log := a.log.With("pod", w.Key(), "uid", w.UID, "netns", cur.path)

@@ -222,6 +222,13 @@ func TestNoProxyStillInstallsRules(t *testing.T) {
 	if st := a.Status()["shop/a"]; !strings.HasPrefix(st, "pending") {
 		t.Fatalf("status %q, want pending", st)
 	}
+	// The retry while the proxy is still away repeats only the hand-off.
+	if err := a.Reconcile(context.Background()); !errors.Is(err, errAwaitingProxy) {
+		t.Fatalf("retry without a proxy: %v, want errAwaitingProxy", err)
+	}
+	if got, want := j.take(), "proxy-add:a:permissive"; got != want {
+		t.Fatalf("retry: %q, want %q", got, want)
+	}
 }
 
 // TestMetrics: pods by state and reconcile errors by stage.

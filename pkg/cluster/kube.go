@@ -101,6 +101,9 @@ const snapshotKey = "snapshot"
 // Run follows the API server until ctx ends, calling onChange with the
 // first complete snapshot and then after every change.
 func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
+	// The informers run on ctx: returning early with an error stops them.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	log := k.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -319,8 +322,9 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 const EnrollmentAnnotation = "palisade.dev/enrollment"
 
 // onlyBookkeeping reports whether two versions of an object differ in
-// nothing a snapshot's reader acts on: the resource version, managed
-// fields, and the agents' own EnrollmentAnnotation. Without it each
+// nothing a snapshot's reader acts on: the resource version and the
+// agents' own EnrollmentAnnotation (managed fields are gone already:
+// stripManagedFields). Without it each
 // annotation an agent writes would make every agent and node proxy convert
 // every object into a new view and reconcile against it, once per pod of a
 // namespace being enrolled, and the 2 CPUs of a small node would spend the
@@ -347,7 +351,6 @@ func withoutBookkeeping(o map[string]any) map[string]any {
 	}
 	md = maps.Clone(md)
 	delete(md, "resourceVersion")
-	delete(md, "managedFields")
 	if ann, ok := md["annotations"].(map[string]any); ok {
 		if _, ours := ann[EnrollmentAnnotation]; ours {
 			ann = maps.Clone(ann)

@@ -18,13 +18,7 @@ import (
 // server, including policy kinds that are not served).
 func TestKubeSource(t *testing.T) {
 	toU := func(o runtime.Object, gvk schema.GroupVersionKind) *unstructured.Unstructured {
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := &unstructured.Unstructured{Object: m}
-		u.SetGroupVersionKind(gvk)
-		return u
+		return toUnstructured(t, o, gvk)
 	}
 	ns := toU(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"palisade.dev/mtls": "enabled"}}}, corev1.SchemeGroupVersion.WithKind("Namespace"))
 	pod := toU(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}, corev1.SchemeGroupVersion.WithKind("Pod"))
@@ -94,13 +88,7 @@ func TestKubeSource(t *testing.T) {
 
 func TestOnlyBookkeeping(t *testing.T) {
 	toU := func(p *corev1.Pod) *unstructured.Unstructured {
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := &unstructured.Unstructured{Object: m}
-		u.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
-		return u
+		return toUnstructured(t, p, corev1.SchemeGroupVersion.WithKind("Pod"))
 	}
 	base := func() *corev1.Pod {
 		return &corev1.Pod{
@@ -141,4 +129,15 @@ func TestOnlyBookkeeping(t *testing.T) {
 	if onlyBookkeeping("x", toU(b)) {
 		t.Fatal("a non-object is bookkeeping")
 	}
+}
+
+func toUnstructured(t *testing.T, o runtime.Object, gvk schema.GroupVersionKind) *unstructured.Unstructured {
+	t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	u.SetGroupVersionKind(gvk)
+	return u
 }

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -39,7 +40,7 @@ func TestGSOSegments(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := map[CounterKey]Counter{{Index: 1, Direction: FromPod, Verdict: VerdictHBONE}: {Packets: tc.want, Bytes: uint64(len(pkt))}}
-		if !equalCounters(got, want) {
+		if !maps.Equal(got, want) {
 			t.Errorf("gso_segs %d: counters %v, want %v", tc.segs, got, want)
 		}
 	}

@@ -86,7 +86,6 @@ type File struct {
 	wake    chan struct{} // the batch is half full
 	stop    chan struct{}
 	done    chan struct{}
-	once    sync.Once
 
 	// Owned by the writer goroutine.
 	f    *os.File
@@ -143,12 +142,12 @@ func (fl *File) Add(r *Record) {
 
 // Close writes what is queued, flushes and closes the file.
 func (fl *File) Close() error {
-	fl.once.Do(func() {
-		fl.mu.Lock()
+	fl.mu.Lock()
+	if !fl.closed {
 		fl.closed = true
-		fl.mu.Unlock()
 		close(fl.stop)
-	})
+	}
+	fl.mu.Unlock()
 	<-fl.done
 	return nil
 }

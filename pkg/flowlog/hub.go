@@ -192,17 +192,18 @@ func (h *Hub) Recent(f Filter, limit int) []*Record {
 }
 
 func (h *Hub) recentLocked(f Filter, limit int) []*Record {
-	var all []*Record
-	if h.full {
-		all = append(all, h.recent[h.next:]...)
-	}
-	all = append(all, h.recent[:h.next]...)
 	var out []*Record
-	for _, r := range all {
-		if f.Matches(r) {
-			out = append(out, r)
+	keep := func(rs []*Record) {
+		for _, r := range rs {
+			if f.Matches(r) {
+				out = append(out, r)
+			}
 		}
 	}
+	if h.full {
+		keep(h.recent[h.next:])
+	}
+	keep(h.recent[:h.next])
 	if limit > 0 && len(out) > limit {
 		out = out[len(out)-limit:]
 	}

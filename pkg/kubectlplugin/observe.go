@@ -2,6 +2,7 @@ package kubectlplugin
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -70,7 +71,7 @@ func (c *Cluster) Observe(ctx context.Context, w io.Writer, opts ObserveOptions)
 			sc.Buffer(make([]byte, 64<<10), 4<<20)
 			for sc.Scan() {
 				line := sc.Bytes()
-				if len(strings.TrimSpace(string(line))) == 0 {
+				if len(bytes.TrimSpace(line)) == 0 {
 					continue
 				}
 				var r flowlog.Record

@@ -62,14 +62,14 @@ func (a *PodAnnotator) Update(list []agent.PodStatus) {
 	}
 }
 
-// annotationWorkers is how many PATCHes are in flight at once: a label
+// AnnotationWorkers is how many PATCHes are in flight at once: a label
 // that enrolls a hundred pods on a node should not wait for a hundred
 // round trips in a row.
-const annotationWorkers = 16
+const AnnotationWorkers = 16
 
 // Run writes annotations until ctx ends.
 func (a *PodAnnotator) Run(ctx context.Context) {
-	runQueue(ctx, a.queue, annotationWorkers, func(key types.NamespacedName) error {
+	runQueue(ctx, a.queue, AnnotationWorkers, func(key types.NamespacedName) error {
 		a.mu.Lock()
 		ps, ok := a.want[key]
 		w, written := a.written[key]

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -219,7 +220,7 @@ func configureKube(cfg Config, st *state) error {
 	if err != nil {
 		return err
 	}
-	crds := cfg.KubeCRDs
+	crds := slices.Clone(cfg.KubeCRDs)
 	if len(crds) == 0 {
 		crds = defaultCRDPaths(cfg.BinDir)
 	}

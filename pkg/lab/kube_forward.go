@@ -52,6 +52,11 @@ func RunForward(ctx context.Context, args []string, log *slog.Logger) error {
 	if _, _, err := net.SplitHostPort(*to); err != nil {
 		return fmt.Errorf("forward: --to: %w", err)
 	}
+	if *listen != "" {
+		if ap, err := netip.ParseAddrPort(*listen); err != nil || !ap.Addr().IsLoopback() {
+			return fmt.Errorf("forward: --listen %q: want a loopback HOST:PORT", *listen)
+		}
+	}
 	ino := netnsInode(*netnsName)
 	if ino == 0 {
 		return fmt.Errorf("forward: netns %s not found", *netnsName)
@@ -66,11 +71,8 @@ func RunForward(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		ln = l
 	} else {
-		ap, err := netip.ParseAddrPort(*listen)
-		if err != nil || !ap.Addr().IsLoopback() {
-			return fmt.Errorf("forward: --listen %q: want a loopback HOST:PORT", *listen)
-		}
 		var lc net.ListenConfig
+		var err error
 		if ln, err = lc.Listen(ctx, "tcp", *listen); err != nil {
 			return fmt.Errorf("forward: %w", err)
 		}

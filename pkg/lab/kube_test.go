@@ -18,6 +18,7 @@ import (
 	"github.com/palisade-net/palisade/pkg/agent"
 	"github.com/palisade-net/palisade/pkg/cluster"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -461,8 +462,8 @@ spec:
 		if err != nil || ns.Labels["team"] != "b" {
 			t.Errorf("namespace shop after apply: %v %v", ns.Labels, err)
 		}
-		if _, err := l.Kubectl(ctx, "get", "cnp", "-n", "shop", "web-l7"); err == nil {
-			t.Error("the CNP gone from the YAML is still there")
+		if _, err := client.Discovery().RESTClient().Get().AbsPath("/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies/web-l7").DoRaw(ctx); !apierrors.IsNotFound(err) {
+			t.Errorf("the CNP gone from the YAML is still there: %v", err)
 		}
 		web1, err := client.CoreV1().Pods("shop").Get(ctx, "web1", metav1.GetOptions{})
 		if err != nil || web1.Labels["tier"] != "front" || string(web1.UID) != uidBefore {
@@ -582,7 +583,6 @@ spec: {nodeName: node2, containers: [{name: c, command: ["sleep", "infinity"]}]}
 			t.Errorf("CNI ADD of %s (API uid %s): %v", pod, api.UID, adds)
 		}
 	}
-	// The agent's view of a pod at CNI ADD time: the object with its IP.
 	if err := l.DeletePod(ctx, "shop", "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -735,9 +735,10 @@ kind: ConfigMap
 metadata: {name: broken, namespace: shop}
 data: {"not a key!": x}
 `)
-	_, err := Up(ctx, Config{Name: name, StateDir: stateDir, Objects: objs, NoPalisade: true, Kube: true, KubeBinDir: kubeBin,
+	l, err := Up(ctx, Config{Name: name, StateDir: stateDir, Objects: objs, NoPalisade: true, Kube: true, KubeBinDir: kubeBin,
 		LabBin: selfBin(t), Logger: testLogger(t)})
 	if err == nil {
+		_ = l.Down(ctx)
 		t.Fatal("up succeeded")
 	}
 	for _, want := range []string{"ConfigMap shop/broken", "not a key!"} {

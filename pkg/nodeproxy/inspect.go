@@ -60,9 +60,9 @@ func (p *Proxy) Requests() []Request {
 func requestOf(r *flowlog.Record) Request {
 	proto := r.Protocol
 	if proto == flowlog.ProtoHTTP {
-		proto = map[string]string{"2": "h2"}[r.HTTPVersion]
-		if proto == "" {
-			proto = "http/1.1"
+		proto = "http/1.1"
+		if r.HTTPVersion == "2" {
+			proto = "h2"
 		}
 	}
 	return Request{

@@ -33,7 +33,7 @@ type metrics struct {
 	flowLogs       prometheus.Gauge
 
 	connCache sync.Map // connKey -> *connSeries
-	reqCache  sync.Map // reqKey -> *reqSeries
+	reqCache  sync.Map // reqKey -> *reqCacheEntry
 
 	// grpcMethods maps a gRPC service and method seen so far to its label
 	// value; clients choose the path, so past maxGRPCMethods new ones
@@ -70,11 +70,6 @@ type connSeries struct {
 
 // reqKey is a request's label values, in reqLabels order.
 type reqKey [11]string
-
-type reqSeries struct {
-	count    prometheus.Counter
-	duration prometheus.Observer
-}
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	counter := func(name, help string, labels []string) *prometheus.CounterVec {
@@ -146,10 +141,13 @@ func (m *metrics) conn(direction string, src, dst *flowlog.Endpoint) *connSeries
 	return actual.(*connSeries)
 }
 
-// reqCacheEntry is a label combination and its series.
+// reqCacheEntry is a label combination and its series. The cache holds the
+// entries themselves, so a connection switching between label sets stores
+// a pointer it already has rather than allocating.
 type reqCacheEntry struct {
-	key    reqKey
-	series *reqSeries
+	key      reqKey
+	count    prometheus.Counter
+	duration prometheus.Observer
 }
 
 // request counts one request record. last caches the series of the
@@ -159,22 +157,20 @@ func (m *metrics) request(last *atomic.Pointer[reqCacheEntry], r *flowlog.Record
 	k := reqKey{r.Direction, r.Protocol, m.methodLabel(r), statusLabel(r), r.Verdict, r.Policy, r.Rule,
 		orUnknown(r.Source.Namespace), orUnknown(r.Source.Workload),
 		orUnknown(r.Destination.Namespace), orUnknown(r.Destination.Workload)}
-	var s *reqSeries
-	if e := last.Load(); e != nil && e.key == k {
-		s = e.series
-	} else {
+	e := last.Load()
+	if e == nil || e.key != k {
 		v, ok := m.reqCache.Load(k)
 		if !ok {
-			v, _ = m.reqCache.LoadOrStore(k, &reqSeries{
+			v, _ = m.reqCache.LoadOrStore(k, &reqCacheEntry{key: k,
 				count:    m.requests.WithLabelValues(k[:]...),
 				duration: m.reqDuration.WithLabelValues(k[0], k[1], k[4], k[9], k[10]),
 			})
 		}
-		s = v.(*reqSeries)
-		last.Store(&reqCacheEntry{key: k, series: s})
+		e = v.(*reqCacheEntry)
+		last.Store(e)
 	}
-	s.count.Inc()
-	s.duration.Observe(d.Seconds())
+	e.count.Inc()
+	e.duration.Observe(d.Seconds())
 }
 
 // handshake observes one HBONE TLS handshake.

@@ -187,6 +187,9 @@ func resolve(ctx context.Context, cfg Config) ([]backendSet, error) {
 // namespace. It lists all tables instead of using -t, because asking for a
 // table that does not exist yet creates it with the legacy backend.
 func (t *tools) saveState(ctx context.Context, h *netns.Handle) (map[string]*savedTable, error) {
+	if t.variant == variantLegacy && h != nil && !legacyTablesExist(h, t.fam) {
+		return map[string]*savedTable{}, nil // what iptables-legacy-save would list
+	}
 	out, err := run(ctx, h, "", t.save)
 	if err != nil {
 		return nil, err

@@ -164,9 +164,6 @@ func cleanOther(ctx context.Context, h *netns.Handle, t *tools) error {
 	if t == nil {
 		return nil
 	}
-	if t.variant == variantLegacy && !legacyTablesExist(h, t.fam) {
-		return nil
-	}
 	state, err := t.saveState(ctx, h)
 	if err != nil {
 		return nil
@@ -182,19 +179,15 @@ func cleanOther(ctx context.Context, h *netns.Handle, t *tools) error {
 // legacyTablesExist reports whether the legacy iptables backend has any table
 // in the namespace h. The kernel lists them, per network namespace, in
 // /proc/net/ip_tables_names (ip6_tables_names for IPv6); without a table
-// nothing of ours can be there, and reading the file spares an
+// nothing of ours can be there, and reading the file spares saveState an
 // iptables-legacy-save process per pod and family on every enrollment. When
 // the file cannot be read for another reason than its absence (no legacy
 // module loaded: no tables), it answers true and the caller looks.
 func legacyTablesExist(h *netns.Handle, fam family) bool {
-	name := "/proc/thread-self/net/ip_tables_names"
-	if fam.name == familyV6.name {
-		name = "/proc/thread-self/net/ip6_tables_names"
-	}
 	var data []byte
 	err := h.Do(func() error {
 		var err error
-		data, err = os.ReadFile(name)
+		data, err = os.ReadFile("/proc/thread-self/net/" + fam.legacyTables)
 		return err
 	})
 	switch {

@@ -20,21 +20,26 @@ const (
 
 // family is an IP family together with the names of its iptables tools.
 type family struct {
-	name     string // "iptables" or "ip6tables"
-	loopback netip.Prefix
-	probe    func(Config) netip.Addr
+	name string // "iptables" or "ip6tables"
+	// legacyTables is the /proc/net file listing the legacy backend's
+	// tables of a namespace.
+	legacyTables string
+	loopback     netip.Prefix
+	probe        func(Config) netip.Addr
 }
 
 var (
 	familyV4 = family{
-		name:     "iptables",
-		loopback: netip.MustParsePrefix("127.0.0.0/8"),
-		probe:    func(c Config) netip.Addr { return c.ProbeSourceV4 },
+		name:         "iptables",
+		legacyTables: "ip_tables_names",
+		loopback:     netip.MustParsePrefix("127.0.0.0/8"),
+		probe:        func(c Config) netip.Addr { return c.ProbeSourceV4 },
 	}
 	familyV6 = family{
-		name:     "ip6tables",
-		loopback: netip.MustParsePrefix("::1/128"),
-		probe:    func(c Config) netip.Addr { return c.ProbeSourceV6 },
+		name:         "ip6tables",
+		legacyTables: "ip6_tables_names",
+		loopback:     netip.MustParsePrefix("::1/128"),
+		probe:        func(c Config) netip.Addr { return c.ProbeSourceV6 },
 	}
 )
 

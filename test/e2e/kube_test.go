@@ -20,7 +20,7 @@ import (
 // kubeBinDir returns the directory with kube-apiserver and etcd.
 func kubeBinDir(t *testing.T) string {
 	t.Helper()
-	return builtTools(t, "kube", "kube-apiserver", "etcd")
+	return builtTools(t, "kube", "kube-apiserver", "etcd", "kubectl")
 }
 
 // upKubeLab builds a lab backed by a real etcd and kube-apiserver: the

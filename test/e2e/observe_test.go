@@ -58,7 +58,7 @@ func TestKubectlPalisade(t *testing.T) {
 	vips := waitL7Services(t, l)
 	client := podNetns(t, l, "shop", "client")
 	kubeconfig := l.Status().Kube.Kubeconfig
-	kubectlBin := filepath.Join(builtTools(t, "kube", "kubectl"), "kubectl")
+	kubectlBin := filepath.Join(kubeBinDir(t), "kubectl")
 	// kubectl finds plugins on $PATH.
 	t.Setenv("PATH", binaries(t)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	// kubectl refuses global flags before a plugin's name; the plugin

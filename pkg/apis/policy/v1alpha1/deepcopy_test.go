@@ -98,7 +98,7 @@ func shared(a, b reflect.Value, path string) string {
 }
 
 func TestDeepCopyIsDeep(t *testing.T) {
-	for _, obj := range []runtime.Object{&L7Policy{}, &ClusterL7Policy{}, &L7PolicyList{}, &ClusterL7PolicyList{}} {
+	for _, obj := range []runtime.Object{&L7Policy{}, &ClusterL7Policy{}, &L7PolicyList{}, &ClusterL7PolicyList{}, &FlowLog{}, &FlowLogList{}} {
 		v := reflect.ValueOf(obj).Elem()
 		fill(v, 0)
 		cp := obj.DeepCopyObject()
