@@ -65,7 +65,7 @@ func (f *datapathFlags) validate() error {
 
 // openDatapath loads the eBPF datapath as --ebpf says. A nil Manager and
 // no error mean iptables-only.
-func openDatapath(f datapathFlags, node string, log *slog.Logger) (*ebpf.Manager, error) {
+func openDatapath(f datapathFlags, node string, drops ebpf.DropReporter, log *slog.Logger) (*ebpf.Manager, error) {
 	if f.mode == ebpfOff {
 		log.Info("eBPF datapath off (--ebpf off): enforcement is iptables-only")
 		// Programs an earlier agent pinned would go on guarding with an
@@ -82,7 +82,7 @@ func openDatapath(f datapathFlags, node string, log *slog.Logger) (*ebpf.Manager
 	if err := rlimit.RemoveMemlock(); err != nil {
 		log.Warn("could not lift RLIMIT_MEMLOCK; loading the eBPF datapath may fail on kernels before 5.11", "error", err)
 	}
-	m, err := ebpf.Open(ebpf.Options{Node: node, PinDir: f.pinDir, RequireVeth: f.mode == ebpfOn, Logger: log})
+	m, err := ebpf.Open(ebpf.Options{Node: node, PinDir: f.pinDir, RequireVeth: f.mode == ebpfOn, Drops: drops, Logger: log})
 	switch {
 	case err == nil:
 		log.Info("eBPF datapath loaded", "bpffs", f.pinDir)

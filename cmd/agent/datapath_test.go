@@ -61,7 +61,7 @@ func TestDatapathModes(t *testing.T) {
 	} {
 		var buf bytes.Buffer
 		log := slog.New(slog.NewTextHandler(&buf, nil))
-		m, err := openDatapath(datapathFlags{mode: tc.mode, pinDir: notBPFFS}, "n1", log)
+		m, err := openDatapath(datapathFlags{mode: tc.mode, pinDir: notBPFFS}, "n1", nil, log)
 		if tc.wantErr {
 			if err == nil || !strings.Contains(err.Error(), "--ebpf on") || !strings.Contains(err.Error(), "bpffs") {
 				t.Errorf("%s: error %v, want one naming --ebpf on and bpffs", tc.mode, err)

@@ -140,7 +140,7 @@ func run(args []string) error {
 
 	// The eBPF datapath, if any: its pinned programs keep guarding while
 	// the agent is down; Close leaves them in place.
-	dp, err := openDatapath(dpFlags, *node, log)
+	dp, err := openDatapath(dpFlags, *node, hs, log)
 	if err != nil {
 		return err
 	}

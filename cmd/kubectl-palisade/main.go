@@ -141,9 +141,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	case "observe":
 		pod := fs.String("pod", "", "only flows from or to this pod (name in -n, or namespace/name)")
-		verdict := fs.String("verdict", "", "only these verdicts: allowed, denied, failed, revoked (comma-separated)")
-		protocol := fs.String("protocol", "", "only these protocols: tcp (connections), http, grpc, kafka (comma-separated)")
-		typ := fs.String("type", "", "only connection or request records")
+		verdict := fs.String("verdict", "", "only these verdicts: allowed, denied, failed, revoked, dropped (packets the eBPF datapath dropped) (comma-separated)")
+		protocol := fs.String("protocol", "", "only these protocols: tcp (connections, dropped TCP packets), http, grpc, kafka, udp, icmp, icmpv6 (comma-separated)")
+		typ := fs.String("type", "", "only these record types: connection, request, packet (comma-separated)")
 		all := fs.Bool("all-namespaces", false, "flows of every namespace (default when -n is not given)")
 		fs.BoolVar(all, "A", false, "shorthand for --all-namespaces")
 		count := fs.Int("count", 0, "stop after this many records (default: until interrupted)")

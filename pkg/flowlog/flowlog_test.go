@@ -166,11 +166,15 @@ func TestSelection(t *testing.T) {
 	other.Source.Namespace, other.Destination.Namespace = "bank", "bank"
 	conn := testRecord(4, Allowed)
 	conn.Type, conn.Protocol, conn.HTTP = TypeConnection, ProtoTCP, nil
+	drop := testRecord(5, Dropped)
+	drop.Type, drop.Protocol, drop.HTTP, drop.Packet = TypePacket, ProtoUDP, nil, &Packet{Interface: "veth0", Length: 60}
 	for _, tc := range []struct {
 		name, spec string
 		want       map[*Record]bool
 	}{
-		{"everything", "  {}", map[*Record]bool{denied: true, allowed: true, other: true, conn: true}},
+		{"everything", "  {}", map[*Record]bool{denied: true, allowed: true, other: true, conn: true, drop: true}},
+		{"datapath drops", "  verdicts: [dropped]", map[*Record]bool{drop: true}},
+		{"udp", "  protocols: [udp, icmp]", map[*Record]bool{drop: true}},
 		{"denied in shop", "  namespaces: [shop]\n  verdicts: [denied]", map[*Record]bool{denied: true}},
 		{"backend pods", "  podSelector: {matchLabels: {tier: backend}}\n  protocols: [http]", map[*Record]bool{denied: true, allowed: true, other: true}},
 		{"tcp only", "  protocols: [tcp]", map[*Record]bool{conn: true}},
@@ -180,7 +184,7 @@ func TestSelection(t *testing.T) {
 			if len(problems) > 0 || sel.Len() != 1 {
 				t.Fatalf("problems %v, len %d", problems, sel.Len())
 			}
-			for _, r := range []*Record{denied, allowed, other, conn} {
+			for _, r := range []*Record{denied, allowed, other, conn, drop} {
 				if got := sel.Selects(r); got != tc.want[r] {
 					t.Errorf("record %s %s %s: selected %v, want %v", r.Protocol, r.Verdict, r.Source.Namespace, got, tc.want[r])
 				}
@@ -215,6 +219,8 @@ func TestFilter(t *testing.T) {
 		{"pod=other/api", false},
 		{"verdict=allowed", false},
 		{"type=connection", false},
+		{"type=packet,request&verdict=denied,dropped", true},
+		{"type=packet", false},
 	} {
 		q, _ := url.ParseQuery(tc.query)
 		f, err := ParseFilter(q)

@@ -47,7 +47,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 	if f.Protocols, err = list("protocol", protocols); err != nil {
 		return f, err
 	}
-	if f.Types, err = list("type", []string{TypeConnection, TypeRequest}); err != nil {
+	if f.Types, err = list("type", types); err != nil {
 		return f, err
 	}
 	return f, nil

@@ -21,6 +21,9 @@ import (
 const (
 	TypeConnection = "connection"
 	TypeRequest    = "request"
+	// TypePacket is a packet the node's eBPF datapath dropped, as the
+	// agent reported it (verdict Dropped, the datapath's reason).
+	TypePacket = "packet"
 	// TypeLost is a stream marker: Lost records were left out for this
 	// subscriber because it read too slowly.
 	TypeLost = "lost"
@@ -32,6 +35,10 @@ const (
 	ProtoHTTP  = "http"
 	ProtoGRPC  = "grpc"
 	ProtoKafka = "kafka"
+	// Packet records carry the packet's IP protocol.
+	ProtoUDP    = "udp"
+	ProtoICMP   = "icmp"
+	ProtoICMPv6 = "icmpv6"
 )
 
 // Verdicts of records.
@@ -40,13 +47,16 @@ const (
 	Denied  = "denied"
 	Failed  = "failed"
 	Revoked = "revoked"
+	// Dropped is the verdict of packet records: the kernel dropped it.
+	Dropped = "dropped"
 )
 
 // protocols and verdicts are the values of the protocol and verdict fields
 // (read only).
 var (
-	protocols = []string{ProtoTCP, ProtoHTTP, ProtoGRPC, ProtoKafka}
-	verdicts  = []string{Allowed, Denied, Failed, Revoked}
+	protocols = []string{ProtoTCP, ProtoHTTP, ProtoGRPC, ProtoKafka, ProtoUDP, ProtoICMP, ProtoICMPv6}
+	verdicts  = []string{Allowed, Denied, Failed, Revoked, Dropped}
+	types     = []string{TypeConnection, TypeRequest, TypePacket}
 )
 
 // Endpoint is one side of a flow.
@@ -66,8 +76,9 @@ type Endpoint struct {
 	Labels map[string]string `json:"-"`
 }
 
-// Record is one flow record: a connection when it ends (or is refused), or
-// an L7 request when its response starts (or it is denied).
+// Record is one flow record: a connection when it ends (or is refused), an
+// L7 request when its response starts (or it is denied), or a packet the
+// eBPF datapath dropped.
 type Record struct {
 	Time      time.Time `json:"time"`
 	Type      string    `json:"type"`
@@ -81,7 +92,8 @@ type Record struct {
 	// through, for outbound connections to a Service VIP.
 	Service   string `json:"service,omitempty"`
 	Transport string `json:"transport,omitempty"` // hbone or plaintext
-	// Protocol is tcp for connections, http, grpc or kafka for requests.
+	// Protocol is tcp for connections, http, grpc or kafka for requests,
+	// the IP protocol (tcp, udp, icmp, icmpv6, or its number) for packets.
 	Protocol string `json:"protocol"`
 	// Parser is the L7 inspector a connection ran through (http, kafka).
 	Parser string `json:"parser,omitempty"`
@@ -90,16 +102,29 @@ type Record struct {
 	HTTP        *l7.HTTPRecord  `json:"http,omitempty"`
 	GRPC        *l7.GRPCRecord  `json:"grpc,omitempty"`
 	Kafka       *l7.KafkaRecord `json:"kafka,omitempty"`
-	Verdict     string          `json:"verdict"`
-	Policy      string          `json:"policy,omitempty"`
-	Rule        string          `json:"rule,omitempty"`
-	Reason      string          `json:"reason,omitempty"`
+	// Packet describes a dropped packet.
+	Packet  *Packet `json:"packet,omitempty"`
+	Verdict string  `json:"verdict"`
+	Policy  string  `json:"policy,omitempty"`
+	Rule    string  `json:"rule,omitempty"`
+	Reason  string  `json:"reason,omitempty"`
 	// BytesSent went towards the destination, BytesReceived came back.
 	BytesSent     int64   `json:"bytesSent,omitempty"`
 	BytesReceived int64   `json:"bytesReceived,omitempty"`
 	DurationMs    float64 `json:"durationMs"`
 	// Lost counts records left out of a stream before this marker.
 	Lost int64 `json:"lost,omitempty"`
+}
+
+// Packet is what a packet record tells of the packet beyond its
+// addresses.
+type Packet struct {
+	// Interface is the node's side of the pod's veth it was dropped on.
+	Interface string `json:"interface,omitempty"`
+	// Length is the packet's length in bytes.
+	Length uint32 `json:"length,omitempty"`
+	// TCPFlags are the TCP flags, as FIN|SYN|RST|PSH|ACK|URG|ECE|CWR.
+	TCPFlags string `json:"tcpFlags,omitempty"`
 }
 
 // Ms converts a duration to the milliseconds of DurationMs.

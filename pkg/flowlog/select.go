@@ -3,6 +3,7 @@ package flowlog
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -67,14 +68,14 @@ func Compile(objs []*unstructured.Unstructured) (*Selection, []Problem) {
 		bad := false
 		for i, p := range fl.Spec.Protocols {
 			if !slices.Contains(protocols, string(p)) {
-				problems = append(problems, Problem{Name: fl.Name, Message: fmt.Sprintf("spec.protocols[%d]: unknown protocol %q (tcp, http, grpc, kafka)", i, p)})
+				problems = append(problems, Problem{Name: fl.Name, Message: fmt.Sprintf("spec.protocols[%d]: unknown protocol %q (%s)", i, p, strings.Join(protocols, ", "))})
 				bad = true
 			}
 			r.protocols = append(r.protocols, string(p))
 		}
 		for i, v := range fl.Spec.Verdicts {
 			if !slices.Contains(verdicts, string(v)) {
-				problems = append(problems, Problem{Name: fl.Name, Message: fmt.Sprintf("spec.verdicts[%d]: unknown verdict %q (allowed, denied, failed, revoked)", i, v)})
+				problems = append(problems, Problem{Name: fl.Name, Message: fmt.Sprintf("spec.verdicts[%d]: unknown verdict %q (%s)", i, v, strings.Join(verdicts, ", "))})
 				bad = true
 			}
 			r.verdicts = append(r.verdicts, string(v))

@@ -31,6 +31,10 @@ type Handler interface {
 	// SnapshotDone is called after a snapshot with the UIDs it contained; the
 	// proxy drops every workload not in it and may then report ready.
 	SnapshotDone(ctx context.Context, uids map[string]bool) error
+	// Dropped reports packets the node's eBPF datapath dropped, for the
+	// proxy's flow records. It must not block for long: the agent's next
+	// message waits for its ack.
+	Dropped(ctx context.Context, drops []Drop) error
 }
 
 // Backoff defaults for ClientOptions.
@@ -160,7 +164,7 @@ func (c *Client) serve(ctx context.Context, conn *net.UnixConn, h Handler, name 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	if err := writePacket(conn, &message{Version: ProtocolVersion, Type: typeHello, Proxy: name}, nil); err != nil {
+	if err := writePacket(conn, &message{Version: ProtocolVersion, Type: typeHello, Proxy: name, Features: []string{featureDrops}}, nil); err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
 	r := newPacketReader(conn)
@@ -229,6 +233,8 @@ func (c *Client) dispatch(ctx context.Context, m *message, files []*os.File, uid
 		log.Info("snapshot applied", "workloads", len(uids))
 		c.readyOnce.Do(func() { close(c.ready) })
 		return nil, nil
+	case typeDrops:
+		return h.Dropped(ctx, m.Drops), nil
 	default:
 		return nil, protocolErrorf("unexpected %q from agent", m.Type)
 	}

@@ -19,12 +19,14 @@
 //
 //	{
 //	  "version":  1,                 // ProtocolVersion; required
-//	  "type":     "hello" | "add" | "del" | "snapshot_sent" | "ack",
+//	  "type":     "hello" | "add" | "del" | "snapshot_sent" | "ack" | "drops",
 //	  "id":       7,                 // agent messages: sequence number (>0); ack: id of the message it answers
 //	  "workload": { ...workload.Workload... },  // add only; "uid" must be set
 //	  "uid":      "…",               // del only
 //	  "error":    "…",               // ack only; empty or absent means success
-//	  "proxy":    "nodeproxy pid 42" // hello only; free-form, for the agent's logs
+//	  "proxy":    "nodeproxy pid 42", // hello only; free-form, for the agent's logs
+//	  "features": ["drops"],         // hello only; optional messages the proxy takes
+//	  "drops":    [ {...Drop...} ]   // drops only; at least one
 //	}
 //
 // The conversation on one connection is:
@@ -37,6 +39,9 @@
 //	proxy → agent  ack {id}
 //	agent → proxy  add / del, each answered by an ack, for as long as the
 //	               connection lives
+//	agent → proxy  drops {packets the eBPF datapath dropped}, answered by an
+//	               ack, at any time after hello, to the newest connection
+//	               if its hello listed the "drops" feature
 //
 // The agent has at most one unacknowledged message per connection; the proxy
 // answers every agent message with an ack carrying the handler's error, if

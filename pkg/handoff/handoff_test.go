@@ -42,6 +42,8 @@ type recHandler struct {
 	inodes    map[string]uint64
 	fsTypes   map[string]int64
 
+	drops []Drop
+
 	addErr  func(uid string) error
 	blockOn string        // uid whose add blocks until release is closed
 	release chan struct{} // see blockOn
@@ -99,6 +101,18 @@ func (h *recHandler) SnapshotDone(_ context.Context, uids map[string]bool) error
 	}
 	sort.Strings(l)
 	h.events <- "snap:" + strings.Join(l, ",")
+	return nil
+}
+
+func (h *recHandler) Dropped(_ context.Context, drops []Drop) error {
+	var l []string
+	for _, d := range drops {
+		l = append(l, d.Source+">"+d.Destination+":"+d.Reason)
+	}
+	h.mu.Lock()
+	h.drops = append(h.drops, drops...)
+	h.mu.Unlock()
+	h.events <- "drops:" + strings.Join(l, ",")
 	return nil
 }
 
@@ -632,6 +646,16 @@ func TestClientDropsGarbageFromAgent(t *testing.T) {
 	if c.Ready() {
 		t.Error("client ready without a snapshot")
 	}
+	// A drops message without drops is a protocol error.
+	if _, err := conn2.Write([]byte(`{"version":1,"type":"drops","id":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, conn2)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.drops) != 0 {
+		t.Errorf("handler got drops %v from an empty message", h.drops)
+	}
 }
 
 func TestAddWorkloadValidation(t *testing.T) {
@@ -863,5 +887,82 @@ func TestNoLeaks(t *testing.T) {
 			t.Fatalf("leak: goroutines %d → %d, fds %d → %d (new: %v)\n%s", goroutinesBefore, g, fdsBefore, fds, extra, buf[:n])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReportDrops: drops reach the newest proxy that takes them, in order,
+// split into messages of at most MaxDropsPerMessage, with every field; with
+// no proxy, or only one whose hello did not list the feature (an older
+// proxy, which would close the connection on the unknown type), nothing
+// is sent and the error says so.
+func TestReportDrops(t *testing.T) {
+	path := sockPath(t)
+	s := startServer(t, path, ServerOptions{})
+	defer s.stop(t)
+
+	drop := func(i int) Drop {
+		return Drop{
+			Time: time.Date(2026, 11, 22, 10, 0, 0, i, time.UTC), Pod: "vault/rogue", Direction: "from_pod",
+			Source: fmt.Sprintf("10.0.1.4:%d", 40000+i), Destination: "10.0.2.5:9000",
+			SourcePod: "vault/rogue", DestinationPod: "vault/vecho", Protocol: "tcp", TCPFlags: "SYN",
+			Reason: "plaintext_between_enrolled", Interface: "veth0", Length: 60,
+		}
+	}
+	if err := s.ReportDrops(ctxT(t), []Drop{drop(0)}); !errors.Is(err, ErrNoProxy) {
+		t.Fatalf("ReportDrops without a proxy = %v, want ErrNoProxy", err)
+	}
+
+	// An older proxy: hello without features.
+	old := rawConn(t, path)
+	if _, _, err := old.WriteMsgUnix([]byte(`{"version":1,"type":"hello"}`), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitProxies(t, s, 1)
+	if err := s.ReportDrops(ctxT(t), []Drop{drop(0)}); !errors.Is(err, ErrNoProxy) || !strings.Contains(err.Error(), "does not take drop reports") {
+		t.Fatalf("ReportDrops to a proxy without the feature = %v", err)
+	}
+	old.Close()
+	waitProxies(t, s, 0)
+
+	h := newRecHandler()
+	c := startClient(t, path, h)
+	defer c.stop(t)
+	h.expect(t, "snap:")
+	n := 2*MaxDropsPerMessage + 3
+	var drops []Drop
+	for i := range n {
+		drops = append(drops, drop(i))
+	}
+	if err := s.ReportDrops(ctxT(t), drops); err != nil {
+		t.Fatalf("ReportDrops: %v", err)
+	}
+	for range 3 { // three messages
+		select {
+		case ev := <-h.events:
+			if !strings.HasPrefix(ev, "drops:") {
+				t.Fatalf("handler event %q, want drops", ev)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("drops not delivered")
+		}
+	}
+	h.expectNone(t)
+	h.mu.Lock()
+	got := h.drops
+	h.mu.Unlock()
+	if len(got) != n {
+		t.Fatalf("proxy got %d drops, want %d", len(got), n)
+	}
+	for i := range got {
+		if !got[i].Time.Equal(drops[i].Time) {
+			t.Fatalf("drop %d at %v, want %v: out of order", i, got[i].Time, drops[i].Time)
+		}
+		got[i].Time = drops[i].Time
+		if got[i] != drops[i] {
+			t.Fatalf("drop %d = %+v, want %+v", i, got[i], drops[i])
+		}
+	}
+	if err := s.ReportDrops(ctxT(t), nil); err != nil {
+		t.Errorf("ReportDrops(nil) = %v", err)
 	}
 }

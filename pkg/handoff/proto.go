@@ -29,6 +29,7 @@ const (
 	typeDel          msgType = "del"
 	typeSnapshotSent msgType = "snapshot_sent"
 	typeAck          msgType = "ack"
+	typeDrops        msgType = "drops"
 )
 
 // message is the wire format of every packet; see the package documentation.
@@ -40,7 +41,12 @@ type message struct {
 	UID      string             `json:"uid,omitempty"`
 	Error    string             `json:"error,omitempty"`
 	Proxy    string             `json:"proxy,omitempty"`
+	Drops    []Drop             `json:"drops,omitempty"`
+	Features []string           `json:"features,omitempty"`
 }
+
+// featureDrops in a hello says that the proxy takes "drops" messages.
+const featureDrops = "drops"
 
 // errProtocol marks errors caused by what the peer sent.
 var errProtocol = errors.New("protocol error")
@@ -77,6 +83,13 @@ func (m *message) validate() error {
 	case typeAck:
 		if m.ID == 0 {
 			return protocolErrorf("ack without id")
+		}
+	case typeDrops:
+		if m.ID == 0 {
+			return protocolErrorf("drops without id")
+		}
+		if len(m.Drops) == 0 {
+			return protocolErrorf("drops without drops")
 		}
 	default:
 		return protocolErrorf("unknown message type %q", m.Type)

@@ -579,6 +579,9 @@ type serverConn struct {
 	// WaitForSync (both guarded by Server.mu).
 	stale        bool
 	needSnapshot bool
+	// takesDrops is set when the proxy's hello listed the drops feature
+	// (set before the connection becomes active, read under Server.mu).
+	takesDrops bool
 
 	acks        chan *message // reader → writer
 	outstanding atomic.Uint64 // id of the unacked message, 0 if none
@@ -676,7 +679,8 @@ func (sc *serverConn) readLoop() {
 		return
 	}
 	_ = sc.c.SetReadDeadline(time.Time{})
-	sc.log.Info("node proxy said hello", "proxy", m.Proxy)
+	sc.takesDrops = slices.Contains(m.Features, featureDrops)
+	sc.log.Info("node proxy said hello", "proxy", m.Proxy, "features", m.Features)
 	sc.s.activate(sc)
 
 	for {

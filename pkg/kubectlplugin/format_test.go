@@ -28,6 +28,10 @@ func TestRow(t *testing.T) {
 		{flowlog.Record{Time: at, Verdict: "allowed", Protocol: "tcp", Transport: "hbone", Source: src,
 			Destination: flowlog.Endpoint{Identity: "spiffe://td/ns/bank/sa/api"}, BytesSent: 10, BytesReceived: 20, DurationMs: 1500},
 			[]string{"hbone ↑10B ↓20B 1.5s", "spiffe://td/ns/bank/sa/api"}},
+		{flowlog.Record{Time: at, Type: flowlog.TypePacket, Verdict: "dropped", Protocol: "tcp", Source: src,
+			Destination: flowlog.Endpoint{Pod: "vecho", Namespace: "vault", Address: "10.0.2.5:9000"}, Reason: "plaintext_between_enrolled",
+			Packet: &flowlog.Packet{Interface: "veth1a2b", Length: 60, TCPFlags: "SYN"}},
+			[]string{"dropped", "vault/vecho", "packet SYN 60B veth1a2b", "plaintext_between_enrolled"}},
 		{flowlog.Record{Time: at, Type: flowlog.TypeLost, Lost: 12}, []string{"12 records lost"}},
 	} {
 		got := Row("node1", &tc.rec)

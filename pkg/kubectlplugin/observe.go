@@ -155,6 +155,8 @@ func Row(node string, r *flowlog.Record) string {
 		if r.HTTP.Status != 0 {
 			status = fmt.Sprint(r.HTTP.Status)
 		}
+	case r.Packet != nil:
+		req = strings.Join(nonEmpty("packet", r.Packet.TCPFlags, fmt.Sprintf("%dB", r.Packet.Length), r.Packet.Interface), " ")
 	default:
 		req = fmt.Sprintf("%s ↑%dB ↓%dB %s", r.Transport, r.BytesSent, r.BytesReceived, time.Duration(r.DurationMs*float64(time.Millisecond)).Round(time.Millisecond))
 	}

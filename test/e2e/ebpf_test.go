@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/lab"
 	"github.com/palisade-net/palisade/pkg/netns"
 	"github.com/palisade-net/palisade/pkg/redirect"
@@ -107,6 +108,20 @@ type ebpfDrop struct {
 	TCPFlags       string `json:"tcpFlags"`
 	Reason         string `json:"reason"`
 	Interface      string `json:"interface"`
+}
+
+// packetRecords fetches a node proxy's packet records (GET
+// /flows?type=packet&verdict=dropped&QUERY).
+func packetRecords(t *testing.T, node *netns.Handle, query string) []flowlog.Record {
+	t.Helper()
+	var out []flowlog.Record
+	adminGet(t, node, "/flows?type=packet&verdict=dropped&"+query, &out)
+	return out
+}
+
+func recordsJSON(rs []flowlog.Record) string {
+	b, _ := json.Marshal(rs)
+	return string(b)
 }
 
 // agentDrops fetches GET /debug/drops from a node's agent over its CNI
@@ -404,6 +419,29 @@ func TestEBPFGuard(t *testing.T) {
 		}
 		return nil
 	})
+	// The agent hands the drops to its node proxy: they are flow records
+	// (what kubectl palisade observe streams), both sides named with
+	// their identities.
+	eventually(t, 10*time.Second, "node1's node proxy records the rogue pod's drops", func() error {
+		for _, r := range packetRecords(t, node1, "pod=vault/rogue") {
+			if r.Node == "node1" && r.Pod == "vault/rogue" && r.Direction == "outbound" && r.Protocol == "tcp" &&
+				r.Reason == "plaintext_between_enrolled" && r.Source.Pod == "rogue" && strings.HasSuffix(r.Source.Identity, "/ns/vault/sa/default") &&
+				r.Destination.Pod == "vecho" && r.Destination.Address == vecho && r.Destination.Identity != "" &&
+				r.Packet != nil && r.Packet.TCPFlags == "SYN" && r.Packet.Interface == rogueVeth {
+				return nil
+			}
+		}
+		return fmt.Errorf("no dropped SYN to %s among node1's packet records %s", vecho, recordsJSON(packetRecords(t, node1, "")))
+	})
+	eventually(t, 10*time.Second, "node2's node proxy records the strict drop", func() error {
+		for _, r := range packetRecords(t, node2, "pod=vault/vecho") {
+			if r.Pod == "vault/vecho" && r.Direction == "inbound-plaintext" && r.Reason == "strict_plaintext_inbound" &&
+				r.Destination.Pod == "vecho" && r.Source.Pod == "visitor" && r.Source.Namespace == "plain" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no strict drop into vecho among node2's packet records %s", recordsJSON(packetRecords(t, node2, "")))
+	})
 	info1, err := l.Node("node1")
 	if err != nil {
 		t.Fatal(err)
@@ -462,6 +500,22 @@ func TestEBPFGuard(t *testing.T) {
 
 	// Restart: the guard goes on without the agent, and its counters with
 	// it.
+	rawRecords := func() int {
+		n := 0
+		for _, r := range packetRecords(t, node1, "pod=vault/rogue") {
+			if r.Packet != nil && r.Packet.TCPFlags == "PSH|ACK" && r.Destination.Address == vecho {
+				n++
+			}
+		}
+		return n
+	}
+	var rawBefore int
+	eventually(t, 10*time.Second, "node1's node proxy records the raw segment", func() error {
+		if rawBefore = rawRecords(); rawBefore == 0 {
+			return errors.New("no PSH|ACK packet record")
+		}
+		return nil
+	})
 	pins := linkPins(t, l, "node1")
 	if err := l.StopAgent(ctx, "node1", syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -505,6 +559,13 @@ func TestEBPFGuard(t *testing.T) {
 			}
 		}
 		return fmt.Errorf("no raw segment drop in %v", agentDrops(t, l, "node1"))
+	})
+	// ... and hands them to the node proxy, which kept running.
+	eventually(t, 10*time.Second, "the node proxy records the downtime's drops", func() error {
+		if n := rawRecords(); n <= rawBefore {
+			return fmt.Errorf("%d raw segment records, as many as before the restart", n)
+		}
+		return nil
 	})
 	if got := linkPins(t, l, "node1"); !slices.Equal(got, pins) {
 		t.Errorf("link pins after the restart %v, want the same %v (taken over, not recreated)", got, pins)

@@ -11,31 +11,12 @@ import (
 	"time"
 
 	"github.com/palisade-net/palisade/pkg/datapath"
+	"github.com/palisade-net/palisade/pkg/handoff"
 )
 
-// Drop is one packet the datapath dropped, as logged and served at
-// /debug/drops.
-type Drop struct {
-	Time time.Time `json:"time"`
-	// Pod is this node's pod on whose interface the packet was dropped:
-	// the sender (direction from_pod) or the receiver (to_pod); "" when
-	// that address is not an enrolled pod.
-	Pod       string `json:"pod"`
-	Direction string `json:"direction"`
-	// Source and Destination are address:port (port 0 when the packet had
-	// no readable TCP header).
-	Source      string `json:"source"`
-	Destination string `json:"destination"`
-	// SourcePod and DestinationPod name the enrolled pods (of any node)
-	// the addresses belong to, "" for others.
-	SourcePod      string `json:"sourcePod,omitempty"`
-	DestinationPod string `json:"destinationPod,omitempty"`
-	Protocol       string `json:"protocol"`
-	TCPFlags       string `json:"tcpFlags,omitempty"`
-	Reason         string `json:"reason"`
-	Interface      string `json:"interface"`
-	Length         uint32 `json:"length"`
-}
+// Drop is one packet the datapath dropped, as logged, served at
+// /debug/drops and reported to the node proxy.
+type Drop = handoff.Drop
 
 // dropOf turns an event into a record.
 func (m *Manager) dropOf(ev datapath.Event) Drop {

@@ -66,7 +66,11 @@ type Options struct {
 	// DropRecords is how many drops Drops keeps (default
 	// DefaultDropRecords).
 	DropRecords int
-	Logger      *slog.Logger
+	// Drops, when set, gets every drop event for the node proxy's flow
+	// records, from a bounded queue (see
+	// palisade_ebpf_drop_events_forwarded_total).
+	Drops  DropReporter
+	Logger *slog.Logger
 }
 
 // Manager drives the kernel datapath for the agent. Its methods are safe
@@ -102,6 +106,8 @@ type Manager struct {
 	unguarded map[string]bool
 
 	drops *dropLog
+	// fwd sends drops to Options.Drops; nil without.
+	fwd *forwarder
 }
 
 // endpoint is an enrolled pod as the Manager knows it.
@@ -148,7 +154,12 @@ func Open(opts Options) (*Manager, error) {
 		dp.Close()
 		return nil, fmt.Errorf("ebpf: %w", err)
 	}
+	var fwd *forwarder
+	if opts.Drops != nil {
+		fwd = newForwarder(opts.Drops, opts.Logger)
+	}
 	return &Manager{
+		fwd:       fwd,
 		dp:        dp,
 		events:    events,
 		opts:      opts,
@@ -178,11 +189,24 @@ func (m *Manager) Close() error {
 	return err
 }
 
-// Run turns drop events into log lines and records until ctx ends or the
-// Manager is closed. It starts reading after the first SetEndpoints.
+// Run turns drop events into log lines and records, and hands them to
+// Options.Drops, until ctx ends or the Manager is closed. It starts reading
+// after the first SetEndpoints.
 func (m *Manager) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { m.events.Close() })
 	defer stop()
+	if m.fwd != nil {
+		fctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			m.fwd.run(fctx)
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
 	select {
 	case <-m.firstSync:
 	case <-ctx.Done():
@@ -200,7 +224,11 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.log.Warn("drop event unreadable", "error", err)
 			continue
 		}
-		m.drops.add(m.dropOf(ev))
+		d := m.dropOf(ev)
+		m.drops.add(d)
+		if m.fwd != nil {
+			m.fwd.offer(d)
+		}
 	}
 }
 

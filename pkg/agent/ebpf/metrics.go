@@ -20,6 +20,10 @@ var (
 	fullDesc = prometheus.NewDesc("palisade_ebpf_counters_full_total",
 		"Packets not counted because the counter map was full.",
 		nil, nil)
+	forwardedDesc = prometheus.NewDesc("palisade_ebpf_drop_events_forwarded_total",
+		"Drop events handed to the node proxy for its flow records, by outcome: delivered, no_proxy (no node proxy that takes them was connected), "+
+			"failed (refused, or the proxy went away before its ack), queue_full (the node proxy was too slow). Undelivered ones stay in the agent's log and /debug/drops.",
+		[]string{"outcome"}, nil)
 	endpointsDesc = prometheus.NewDesc("palisade_ebpf_endpoints",
 		"Enrolled addresses of the cluster in the datapath's endpoint map.",
 		nil, nil)
@@ -27,7 +31,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, lostDesc, fullDesc, endpointsDesc} {
+	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, lostDesc, fullDesc, forwardedDesc, endpointsDesc} {
 		ch <- d
 	}
 }
@@ -45,6 +49,11 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.EventsLost))
 		ch <- prometheus.MustNewConstMetric(fullDesc, prometheus.CounterValue, float64(st.CountersFull))
+	}
+	if m.fwd != nil {
+		for i, o := range forwardOutcomes {
+			ch <- prometheus.MustNewConstMetric(forwardedDesc, prometheus.CounterValue, float64(m.fwd.counts[i].Load()), o)
+		}
 	}
 	m.mu.Lock()
 	synced := m.synced

@@ -42,7 +42,8 @@ type FlowLogSpec struct {
 	// +optional
 	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
 	// Protocols selects records by protocol: tcp for connection records,
-	// http, grpc and kafka for request records.
+	// http, grpc and kafka for request records, the IP protocol (tcp, udp,
+	// icmp, icmpv6) for packets the eBPF datapath dropped.
 	// +optional
 	// +listType=set
 	Protocols []FlowProtocol `json:"protocols,omitempty"`
@@ -53,13 +54,14 @@ type FlowLogSpec struct {
 }
 
 // FlowProtocol is a record protocol.
-// +kubebuilder:validation:Enum=tcp;http;grpc;kafka
+// +kubebuilder:validation:Enum=tcp;http;grpc;kafka;udp;icmp;icmpv6
 type FlowProtocol string
 
 // FlowVerdict is a record verdict: revoked connections were closed by a
 // policy change, failed ones could not be carried (no endpoint, dial or
-// identity failure, malformed traffic).
-// +kubebuilder:validation:Enum=allowed;denied;failed;revoked
+// identity failure, malformed traffic), dropped packets were dropped by
+// the node's eBPF datapath (plaintext where the mesh requires HBONE).
+// +kubebuilder:validation:Enum=allowed;denied;failed;revoked;dropped
 type FlowVerdict string
 
 // FlowLogList is a list of FlowLog.
