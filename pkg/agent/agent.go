@@ -48,6 +48,10 @@ type Proxy interface {
 // pkg/redirect through RedirectRules).
 type Rules interface {
 	Install(ctx context.Context, h *netns.Handle) error
+	// InstallNew is Install for a namespace that holds none of the
+	// agent's rules as far as it knows: cheaper there, and still correct
+	// (only slower) where rules are.
+	InstallNew(ctx context.Context, h *netns.Handle) error
 	Remove(ctx context.Context, h *netns.Handle) error
 	Installed(ctx context.Context, h *netns.Handle) (bool, error)
 }
@@ -456,6 +460,9 @@ type enrollJob struct {
 	cur *pod
 	// handoffOnly: only the hand-off is still to do (see prepareEnroll).
 	handoffOnly bool
+	// fresh: the pod's namespace holds none of our rules as far as the
+	// agent knows (see prepareEnroll); its rules go in with InstallNew.
+	fresh bool
 	// Results of apply.
 	perr  error  // the hand-off's
 	err   error  // the failure that ends the attempt, staged
@@ -483,6 +490,13 @@ func (a *Agent) prepareEnroll(ctx context.Context, w workload.Workload) (*enroll
 		delete(a.enrolled, w.UID)
 		cur = nil
 	}
+	// A pod this agent has not enrolled since it started has no rules of
+	// ours once the start-up sweep has removed what an earlier agent left
+	// (pods it should not enroll) and the first reconcile went through the
+	// full install (pods it should): then, and for a pod whose sandbox the
+	// runtime created while this agent ran (it told us by CNI ADD), the
+	// rules go in without reading the tables first.
+	fresh := cur == nil && (a.straysCleaned || a.known[w.UID] != "")
 	if cur == nil {
 		h, path, err := a.openNetns(w)
 		if err != nil {
@@ -495,7 +509,7 @@ func (a *Agent) prepareEnroll(ctx context.Context, w workload.Workload) (*enroll
 	// A pod waiting for the node proxy got its rules and programs with the
 	// first attempt; the retries (every second while the proxy is away)
 	// only repeat the hand-off.
-	job := &enrollJob{w: w, cur: cur, handoffOnly: cur.awaitingProxy && sameFacts(cur.wl, w)}
+	job := &enrollJob{w: w, cur: cur, handoffOnly: cur.awaitingProxy && sameFacts(cur.wl, w), fresh: fresh}
 	cur.wl = w
 	return job, nil
 }
@@ -519,7 +533,11 @@ func (a *Agent) applyEnroll(ctx context.Context, job *enrollJob) {
 	if job.handoffOnly {
 		return
 	}
-	if err := a.cfg.Rules.Install(ctx, h); err != nil {
+	install := a.cfg.Rules.Install
+	if job.fresh {
+		install = a.cfg.Rules.InstallNew
+	}
+	if err := install(ctx, h); err != nil {
 		job.err = staged(StageRules, fmt.Errorf("enroll %s: redirect rules: %w", w.Key(), err))
 		job.cause = err.Error()
 		return
@@ -745,6 +763,11 @@ type RedirectRules struct{ Config redirect.Config }
 // Install implements Rules.
 func (r RedirectRules) Install(ctx context.Context, h *netns.Handle) error {
 	return redirect.Install(ctx, h, r.Config)
+}
+
+// InstallNew implements Rules.
+func (r RedirectRules) InstallNew(ctx context.Context, h *netns.Handle) error {
+	return redirect.InstallNew(ctx, h, r.Config)
 }
 
 // Remove implements Rules.

@@ -62,6 +62,8 @@ type fakeRules struct {
 	mu        sync.Mutex
 	installed map[*netns.Handle]bool
 	names     map[*netns.Handle]string
+	// newInstalls counts InstallNew calls by pod name.
+	newInstalls map[string]int
 }
 
 func (r *fakeRules) Install(ctx context.Context, h *netns.Handle) error {
@@ -70,6 +72,17 @@ func (r *fakeRules) Install(ctx context.Context, h *netns.Handle) error {
 	r.installed[h] = true
 	r.j.add("rules-install:%s", r.names[h])
 	return nil
+}
+
+// InstallNew is Install, counted apart.
+func (r *fakeRules) InstallNew(ctx context.Context, h *netns.Handle) error {
+	r.mu.Lock()
+	if r.newInstalls == nil {
+		r.newInstalls = map[string]int{}
+	}
+	r.newInstalls[r.names[h]]++
+	r.mu.Unlock()
+	return r.Install(ctx, h)
 }
 
 func (r *fakeRules) Remove(ctx context.Context, h *netns.Handle) error {
@@ -203,6 +216,61 @@ func TestReconcile(t *testing.T) {
 	}
 	if st := a.Status(); len(st) != 0 {
 		t.Fatalf("status after unenrollment: %v", st)
+	}
+}
+
+// TestInstallNewOnlyWhenKnownClean: the first reconcile after a start
+// reads the tables (an earlier agent may have left rules), and so does a
+// re-install of a pod that is enrolled; a pod enrolled again after its
+// rules were removed, and a pod the runtime just created, get the
+// one-restore install.
+func TestInstallNewOnlyWhenKnownClean(t *testing.T) {
+	a, j, rules := newTestAgent(t, nil)
+	ctx := context.Background()
+	newInstalls := func() int {
+		rules.mu.Lock()
+		defer rules.mu.Unlock()
+		return rules.newInstalls["a"]
+	}
+	a.OnSnapshot(snapshot(t, podsYAML))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := j.take(), "proxy-add:a:permissive rules-install:a"; got != want || newInstalls() != 0 {
+		t.Fatalf("first reconcile: %q with %d InstallNew, want %q with the full install", got, newInstalls(), want)
+	}
+	strict := strings.Replace(podsYAML, "palisade.dev/mtls: enabled}", "palisade.dev/mtls: enabled, palisade.dev/mtls-mode: strict}", 1)
+	a.OnSnapshot(snapshot(t, strict))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.take(); got != "proxy-add:a:strict rules-install:a" || newInstalls() != 0 {
+		t.Fatalf("re-install of an enrolled pod: %q with %d InstallNew, want the full install", got, newInstalls())
+	}
+	a.OnSnapshot(snapshot(t, strings.Replace(podsYAML, "labels: {palisade.dev/mtls: enabled}", "labels: {}", 1)))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	j.take()
+	a.OnSnapshot(snapshot(t, podsYAML))
+	if err := a.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.take(); got != "proxy-add:a:permissive rules-install:a" || newInstalls() != 1 {
+		t.Fatalf("enrolled again: %q with %d InstallNew, want one", got, newInstalls())
+	}
+
+	// A fresh agent: nothing swept yet, but CNI ADD names a new sandbox.
+	b, j2, rules2 := newTestAgent(t, nil)
+	b.OnSnapshot(snapshot(t, podsYAML))
+	if err := b.PodAdded(ctx, PodEvent{Namespace: "shop", Name: "a", UID: "a", Netns: "/proc/self/ns/net"}); err != nil {
+		t.Fatal(err)
+	}
+	rules2.mu.Lock()
+	n := rules2.newInstalls["a"]
+	rules2.mu.Unlock()
+	if got := j2.take(); got != "proxy-add:a:permissive rules-install:a" || n != 1 {
+		t.Fatalf("CNI ADD: %q with %d InstallNew, want one", got, n)
 	}
 }
 

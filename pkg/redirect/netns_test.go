@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -315,6 +317,110 @@ func TestInstallIdempotentAndRemoveRestores(t *testing.T) {
 			sameDump(t, "second remove", dump(t, h), pre)
 		})
 	}
+}
+
+// TestInstallNew: on a namespace without Palisade's rules InstallNew leaves
+// exactly what Install leaves; where rules of ours are (installed, or any
+// crash state) its one-restore attempt changes nothing and it converges
+// like Install, never duplicating a jump; foreign rules stay.
+func TestInstallNew(t *testing.T) {
+	requireRoot(t)
+	for _, b := range testBackends(t) {
+		t.Run(backendName(b), func(t *testing.T) {
+			cfg := testConfig(b)
+			_, h := newNetns(t)
+			pre := dump(t, h)
+			mustInstall(t, h, cfg)
+			clean := dump(t, h)
+			mustRemove(t, h, cfg)
+			sameDump(t, "remove", dump(t, h), pre)
+
+			if err := InstallNew(t.Context(), h, cfg); err != nil {
+				t.Fatal(err)
+			}
+			sameDump(t, "InstallNew on a clean namespace", dump(t, h), clean)
+			wantInstalled(t, h, cfg, true)
+			if err := InstallNew(t.Context(), h, cfg); err != nil {
+				t.Fatal(err)
+			}
+			sameDump(t, "InstallNew again", dump(t, h), clean)
+
+			for _, cs := range crashStates {
+				t.Run(cs.name, func(t *testing.T) {
+					mustRemove(t, h, cfg)
+					v4, v6 := Rules(cfg)
+					applyRaw(t, h, cfg, familyV4, cs.script(v4, familyV4))
+					applyRaw(t, h, cfg, familyV6, cs.script(v6, familyV6))
+					if err := InstallNew(t.Context(), h, cfg); err != nil {
+						t.Fatal(err)
+					}
+					sameDump(t, "InstallNew after crash state", dump(t, h), clean)
+				})
+			}
+			mustRemove(t, h, cfg)
+			sameDump(t, "remove", dump(t, h), pre)
+		})
+	}
+	if err := InstallNew(t.Context(), nil, DefaultConfig()); !errors.Is(err, errNilHandle) {
+		t.Errorf("InstallNew(nil handle) = %v", err)
+	}
+
+	// What it spares: through wrappers that log each tool run, InstallNew
+	// on a clean namespace runs one restore per family and no save; on an
+	// installed one it falls back to reading the rules.
+	t.Run("runs", func(t *testing.T) {
+		dir := t.TempDir()
+		log := filepath.Join(dir, "runs.log")
+		var wrapped int
+		for _, v := range []string{"nft", "legacy"} {
+			for _, fam := range []string{"iptables", "ip6tables"} {
+				for _, op := range []string{"save", "restore"} {
+					name := fam + "-" + v + "-" + op
+					real, err := lookPath("", name)
+					if err != nil {
+						continue
+					}
+					script := fmt.Sprintf("#!/bin/sh\ncase \"$1\" in --version|--help|-h) ;; *) echo %s >> %s ;; esac\nexec %s \"$@\"\n", name, log, real)
+					if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+						t.Fatal(err)
+					}
+					wrapped++
+				}
+			}
+		}
+		cfg := testConfig(BackendNFT)
+		cfg.BinDir = dir
+		if _, err := resolve(t.Context(), cfg); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("no iptables-nft tools to wrap (%d wrapped): %v", wrapped, err)
+			}
+			t.Skipf("no iptables-nft tools to wrap: %v", err)
+		}
+		runs := func() []string {
+			data, _ := os.ReadFile(log)
+			os.Remove(log)
+			return strings.Fields(string(data))
+		}
+		_, h := newNetns(t)
+		if err := InstallNew(t.Context(), h, cfg); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"iptables-nft-restore"}
+		if cfg.IPv6 {
+			want = append(want, "ip6tables-nft-restore")
+		}
+		if got := runs(); !slices.Equal(got, want) {
+			t.Errorf("InstallNew on a clean namespace ran %v, want %v", got, want)
+		}
+		wantInstalled(t, h, cfg, true)
+		runs()
+		if err := InstallNew(t.Context(), h, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if got := runs(); !slices.Contains(got, "iptables-nft-save") || countLines(got, "iptables-nft-restore") != 1 {
+			t.Errorf("InstallNew on an installed namespace ran %v, want a failed restore, then a save and nothing to apply", got)
+		}
+	})
 }
 
 // TestKilledMidway cancels Install and Remove at many points (the restore

@@ -84,6 +84,45 @@ func Install(ctx context.Context, h *netns.Handle, cfg Config) error {
 	return nil
 }
 
+// InstallNew is Install for a namespace that most likely holds none of
+// Palisade's rules, such as the namespace of a pod the agent has not
+// enrolled before: for each IP family it applies Rules(cfg) in one
+// iptables-restore --noflush whose chain creations (-N) make the whole
+// transaction fail, changing nothing, when a chain of that name exists. It
+// thus spares the iptables-save of Install (one process per family) and
+// falls back to Install's read-and-converge where rules of ours are there.
+//
+// It is only as safe as its premise: chains of Palisade's under names this
+// version does not use (left by an older version) are not looked for.
+// Callers use it once every namespace they have not enrolled themselves
+// has been swept clean (the agent's start-up sweep).
+func InstallNew(ctx context.Context, h *netns.Handle, cfg Config) error {
+	if h == nil {
+		return errNilHandle
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	sets, err := resolve(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("redirect install: %w", err)
+	}
+	for _, s := range sets {
+		want := desired(cfg, s.primary.fam)
+		if err := s.primary.apply(ctx, h, planNew(want)); err != nil {
+			// Most likely a chain of ours exists: read and converge (which
+			// reports the error if the tables are unusable).
+			if err := converge(ctx, h, s.primary, want); err != nil {
+				return fmt.Errorf("redirect install (%s, %s): %w", s.primary.fam.name, s.primary.variant, err)
+			}
+		}
+		if err := cleanOther(ctx, h, s.other); err != nil {
+			return fmt.Errorf("redirect install: %w", err)
+		}
+	}
+	return nil
+}
+
 // Remove deletes every jump to a Palisade chain (all copies, wherever they
 // are) and flushes and deletes every Palisade chain, for IPv4 and (when
 // cfg.IPv6) IPv6, in both iptables backends when both are installed. It is

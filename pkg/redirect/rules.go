@@ -143,6 +143,24 @@ func Rules(cfg Config) (v4, v6 string) {
 	return v4, v6
 }
 
+// planNew returns the iptables-restore --noflush input that installs want
+// into tables holding no chain of ours: plan(nil, want) with each chain
+// declaration (":NAME - [0:0]", which creates a chain or flushes an
+// existing one) replaced by "-N NAME", which fails the whole transaction
+// when the chain exists.
+func planNew(want []tableSpec) string {
+	script := plan(nil, want)
+	var b strings.Builder
+	for line := range strings.Lines(script) {
+		if name, ok := strings.CutSuffix(strings.TrimSuffix(line, "\n"), " - [0:0]"); ok && strings.HasPrefix(name, ":"+ChainPrefix) {
+			b.WriteString("-N " + name[1:] + "\n")
+			continue
+		}
+		b.WriteString(line)
+	}
+	return b.String()
+}
+
 // plan returns the iptables-restore --noflush input that turns the state
 // cur (parsed iptables-save output; nil for none) into want for every table
 // that holds or should hold chains with ChainPrefix, or "" when cur already

@@ -396,3 +396,34 @@ func TestBackendMismatch(t *testing.T) {
 		t.Fatal("missing binaries accepted")
 	}
 }
+
+// TestPlanNew: the one-restore install is the full install with every
+// chain created by -N (which fails on an existing chain) instead of
+// declared (which would flush it), line for line.
+func TestPlanNew(t *testing.T) {
+	for _, fam := range []family{familyV4, familyV6} {
+		want := desired(DefaultConfig(), fam)
+		full := strings.Split(plan(nil, want), "\n")
+		got := strings.Split(planNew(want), "\n")
+		if len(got) != len(full) {
+			t.Fatalf("%s: %d lines, want %d:\n%s", fam.name, len(got), len(full), planNew(want))
+		}
+		created := 0
+		for i := range got {
+			if strings.HasPrefix(full[i], ":"+ChainPrefix) {
+				name := strings.TrimSuffix(strings.TrimPrefix(full[i], ":"), " - [0:0]")
+				if got[i] != "-N "+name {
+					t.Errorf("%s line %d = %q, want -N %s", fam.name, i, got[i], name)
+				}
+				created++
+				continue
+			}
+			if got[i] != full[i] {
+				t.Errorf("%s line %d = %q, want %q", fam.name, i, got[i], full[i])
+			}
+		}
+		if created != len(want[0].chains) || created == 0 {
+			t.Errorf("%s: %d chains created, want %d", fam.name, created, len(want[0].chains))
+		}
+	}
+}
