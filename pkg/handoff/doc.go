@@ -70,8 +70,9 @@
 //
 // # Why JSON
 //
-// The messages are small (one workload) and rare (one per pod start or stop),
-// so encoding cost does not matter. JSON needs no code generation step and no
+// The messages are small (one workload, or at most MaxDropsPerMessage drops)
+// and rare (one per pod start or stop; drop reports are rate-limited by the
+// agent to a few hundred drops a second), so encoding cost does not matter. JSON needs no code generation step and no
 // schema compiler in the build, is readable in a packet capture (strace,
 // socat) when debugging a node, and reuses the JSON tags that
 // [workload.Workload] already carries. Protobuf would buy nothing measurable

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -39,14 +40,25 @@ type Drop struct {
 	Length uint32 `json:"length"`
 }
 
+// ErrDropsNotTaken is returned by ReportDrops when the newest node proxy's
+// hello did not list the "drops" feature (an older proxy, which would close
+// the connection on a message type it does not know).
+var ErrDropsNotTaken = errors.New("the newest node proxy does not take drop reports")
+
+// errAbandoned finishes a drop report its caller stopped waiting for
+// before it was sent.
+var errAbandoned = errors.New("drop report abandoned before it was sent")
+
 // MaxDropsPerMessage bounds the drops of one "drops" message; ReportDrops
 // splits longer lists (and lists whose encoding exceeds MaxMessageSize).
 const MaxDropsPerMessage = 64
 
 // ReportDrops sends drops to the newest connected node proxy, for its flow
 // records, and waits for its ack. Only a proxy whose hello listed the
-// "drops" feature gets them (an older one would close the connection on a
-// message type it does not know). Drops are not recorded: with no proxy
+// "drops" feature gets them (ErrDropsNotTaken otherwise). When ctx ends
+// first, the messages not sent yet are abandoned (the queue they share
+// with workload adds does not grow behind a slow proxy); those already
+// sent may still be recorded. Drops are not recorded: with no proxy
 // connected (an error wrapping ErrNoProxy) or when the connection goes
 // away first (ErrConnLost) they are not delivered, and the caller counts
 // them; the agent's own log and /debug/drops keep them either way.
@@ -58,7 +70,7 @@ func (s *Server) ReportDrops(ctx context.Context, drops []Drop) error {
 	for len(drops) > 0 {
 		n := min(len(drops), MaxDropsPerMessage)
 		for {
-			m := message{Version: ProtocolVersion, Type: typeDrops, ID: 1 << 62, Drops: drops[:n]}
+			m := message{Version: ProtocolVersion, Type: typeDrops, ID: math.MaxUint64, Drops: drops[:n]}
 			if _, err := encode(&m); err == nil {
 				break
 			} else if n == 1 {
@@ -85,7 +97,7 @@ func (s *Server) ReportDrops(ctx context.Context, drops []Drop) error {
 	}
 	if !sc.takesDrops {
 		s.mu.Unlock()
-		return fmt.Errorf("handoff: drops: the newest node proxy (connection %d) does not take drop reports: %w", sc.id, ErrNoProxy)
+		return fmt.Errorf("handoff: drops (proxy connection %d): %w", sc.id, ErrDropsNotTaken)
 	}
 	for _, o := range ops {
 		sc.enqueue(o)
@@ -99,6 +111,9 @@ func (s *Server) ReportDrops(ctx context.Context, drops []Drop) error {
 				errs = append(errs, err)
 			}
 		case <-ctx.Done():
+			for _, o := range ops {
+				o.abandoned.Store(true)
+			}
 			return fmt.Errorf("handoff: drops: waiting for ack: %w", context.Cause(ctx))
 		}
 	}

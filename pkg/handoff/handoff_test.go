@@ -42,7 +42,8 @@ type recHandler struct {
 	inodes    map[string]uint64
 	fsTypes   map[string]int64
 
-	drops []Drop
+	drops    []Drop
+	dropGate chan struct{} // when set, Dropped waits for it
 
 	addErr  func(uid string) error
 	blockOn string        // uid whose add blocks until release is closed
@@ -104,7 +105,13 @@ func (h *recHandler) SnapshotDone(_ context.Context, uids map[string]bool) error
 	return nil
 }
 
-func (h *recHandler) Dropped(_ context.Context, drops []Drop) error {
+func (h *recHandler) Dropped(ctx context.Context, drops []Drop) error {
+	if h.dropGate != nil {
+		select {
+		case <-h.dropGate:
+		case <-ctx.Done():
+		}
+	}
 	var l []string
 	for _, d := range drops {
 		l = append(l, d.Source+">"+d.Destination+":"+d.Reason)
@@ -918,8 +925,23 @@ func TestReportDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitProxies(t, s, 1)
-	if err := s.ReportDrops(ctxT(t), []Drop{drop(0)}); !errors.Is(err, ErrNoProxy) || !strings.Contains(err.Error(), "does not take drop reports") {
+	if err := s.ReportDrops(ctxT(t), []Drop{drop(0)}); !errors.Is(err, ErrDropsNotTaken) {
 		t.Fatalf("ReportDrops to a proxy without the feature = %v", err)
+	}
+	// Nothing reached it (it would have closed the connection).
+	_ = old.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	buf := make([]byte, MaxMessageSize)
+	for {
+		n, err := old.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading on the older proxy's connection: %v", err)
+		}
+		if strings.Contains(string(buf[:n]), `"drops"`) {
+			t.Fatalf("the older proxy got %q", buf[:n])
+		}
 	}
 	old.Close()
 	waitProxies(t, s, 0)
@@ -964,5 +986,75 @@ func TestReportDrops(t *testing.T) {
 	}
 	if err := s.ReportDrops(ctxT(t), nil); err != nil {
 		t.Errorf("ReportDrops(nil) = %v", err)
+	}
+
+	// Drops too large for MaxDropsPerMessage in one packet go in smaller
+	// messages.
+	big := make([]Drop, MaxDropsPerMessage)
+	for i := range big {
+		big[i] = drop(i)
+		big[i].Pod = strings.Repeat("p", 2000)
+	}
+	h.mu.Lock()
+	h.drops = nil
+	h.mu.Unlock()
+	if err := s.ReportDrops(ctxT(t), big); err != nil {
+		t.Fatalf("ReportDrops of large drops: %v", err)
+	}
+	msgs := 0
+	for {
+		select {
+		case ev := <-h.events:
+			if !strings.HasPrefix(ev, "drops:") {
+				t.Fatalf("handler event %q", ev)
+			}
+			msgs++
+			continue
+		case <-time.After(100 * time.Millisecond):
+		}
+		break
+	}
+	h.mu.Lock()
+	n = len(h.drops)
+	h.mu.Unlock()
+	if msgs < 2 || n != len(big) {
+		t.Errorf("%d large drops arrived in %d messages, want %d in several", n, msgs, len(big))
+	}
+}
+
+// TestReportDropsAbandoned: messages of a report whose caller stopped
+// waiting are not sent, so workload adds queued after them do not wait
+// behind a slow proxy's drops.
+func TestReportDropsAbandoned(t *testing.T) {
+	path := sockPath(t)
+	s := startServer(t, path, ServerOptions{})
+	defer s.stop(t)
+	h := newRecHandler()
+	h.dropGate = make(chan struct{})
+	c := startClient(t, path, h)
+	defer c.stop(t)
+	h.expect(t, "snap:")
+
+	drops := make([]Drop, 3*MaxDropsPerMessage)
+	for i := range drops {
+		drops[i] = Drop{Source: fmt.Sprintf("10.0.0.1:%d", i), Destination: "10.0.0.2:80", Reason: "r"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.ReportDrops(ctx, drops); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ReportDrops to a stuck proxy = %v, want the deadline", err)
+	}
+	ns, _ := selfNetns(t)
+	added := make(chan error, 1)
+	go func() { added <- s.AddWorkload(ctxT(t), wl("u1"), ns) }()
+	close(h.dropGate) // the proxy gets going again
+	if err := <-added; err != nil {
+		t.Fatalf("AddWorkload after an abandoned report: %v", err)
+	}
+	h.mu.Lock()
+	got := len(h.drops)
+	h.mu.Unlock()
+	if got != MaxDropsPerMessage {
+		t.Errorf("the proxy got %d drops, want %d (the message in flight, not the abandoned ones)", got, MaxDropsPerMessage)
 	}
 }

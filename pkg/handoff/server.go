@@ -552,6 +552,9 @@ type op struct {
 	file   *os.File   // attached descriptor (owned; closed once sent or failed)
 	desc   string     // for logs
 	result chan error // receives the outcome; nil if nobody waits
+	// abandoned is set when nobody waits any more for an op that may be
+	// skipped (drop reports): the writer drops it unsent.
+	abandoned atomic.Bool
 }
 
 // finish releases the op's file and reports err.
@@ -713,6 +716,10 @@ func (sc *serverConn) writeLoop() {
 		o := sc.next()
 		if o == nil {
 			return
+		}
+		if o.abandoned.Load() {
+			o.finish(errAbandoned)
+			continue
 		}
 		seq++
 		err := sc.send(o, seq)

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/palisade-net/palisade/pkg/handoff"
 )
 
@@ -17,30 +19,49 @@ type DropReporter interface {
 }
 
 // Forwarding outcomes, the outcome label of
-// palisade_ebpf_drop_events_forwarded_total.
+// palisade_ebpf_drop_events_forwarded_total, in the order of
+// forwarder.counts.
 const (
-	forwardDelivered = "delivered" // the node proxy acknowledged them
-	forwardNoProxy   = "no_proxy"  // no node proxy (that takes them) was connected
-	forwardFailed    = "failed"    // the proxy refused them or went away before its ack
-	forwardQueueFull = "queue_full"
+	forwardDelivered   = "delivered"    // the node proxy acknowledged them
+	forwardNoProxy     = "no_proxy"     // no node proxy (that takes them) was connected
+	forwardFailed      = "failed"       // the proxy refused them, or went away or timed out before its ack
+	forwardQueueFull   = "queue_full"   // more were waiting than forwardQueue
+	forwardRateLimited = "rate_limited" // beyond forwardRate
 )
 
-var forwardOutcomes = []string{forwardDelivered, forwardNoProxy, forwardFailed, forwardQueueFull}
+var forwardOutcomes = []string{forwardDelivered, forwardNoProxy, forwardFailed, forwardQueueFull, forwardRateLimited}
 
 const (
+	outDelivered = iota
+	outNoProxy
+	outFailed
+	outQueueFull
+	outRateLimited
+)
+
+const (
+	// forwardRate and forwardBurst bound the drops per second that become
+	// flow records: a pod flooding plaintext must not crowd the
+	// connection and request records out of the node proxy's recent
+	// records, stream readers and flow log. Every drop is counted in the
+	// kernel all the same.
+	forwardRate  = 200
+	forwardBurst = 1000
 	// forwardQueue is how many drops wait for the node proxy; beyond,
 	// they are counted (queue_full) and kept only in the agent's log and
 	// /debug/drops.
 	forwardQueue = 4096
 	// forwardBatch is the most drops sent in one report.
 	forwardBatch = 4 * handoff.MaxDropsPerMessage
-	// forwardTimeout bounds one report (the handoff server disconnects a
-	// proxy that does not ack within its own, longer, timeout).
+	// forwardTimeout bounds one report; what was not sent by then is
+	// abandoned.
 	forwardTimeout = 5 * time.Second
 	// forwardHold is how long drops wait for a node proxy when none is
 	// connected (the proxy or the agent is restarting: a restarted agent
 	// reads the drops the kernel kept while it was down before the proxy
-	// is back), retried every forwardRetry.
+	// is back), retried every forwardRetry. It counts from the first
+	// report that found no proxy, across reports: once it has passed,
+	// reports fail at once until a proxy takes one.
 	forwardHold  = 30 * time.Second
 	forwardRetry = 200 * time.Millisecond
 )
@@ -48,28 +69,54 @@ const (
 // forwarder sends drops to the node proxy from a bounded queue, so that a
 // slow or absent proxy never holds up reading the ring buffer.
 type forwarder struct {
-	to  DropReporter
-	log *slog.Logger
-	q   chan handoff.Drop
-	// hold and retry are forwardHold and forwardRetry (shorter in tests).
+	to    DropReporter
+	log   *slog.Logger
+	q     chan handoff.Drop
+	limit *rate.Limiter
+	// hold and retry are forwardHold and forwardRetry; now and sleep the
+	// clock (replaced in tests).
 	hold, retry time.Duration
+	now         func() time.Time
+	sleep       func(ctx context.Context, d time.Duration) bool
+	// noProxySince is when a report first found no proxy, zero while
+	// proxies take them (run's goroutine only).
+	noProxySince time.Time
 	// counts by outcome, in forwardOutcomes order.
-	counts [4]atomic.Uint64
+	counts [5]atomic.Uint64
 	// warned is set while reports fail, so that a failure is logged once
-	// per streak.
+	// per streak (run's goroutine only).
 	warned bool
 }
 
 func newForwarder(to DropReporter, log *slog.Logger) *forwarder {
-	return &forwarder{to: to, log: log, q: make(chan handoff.Drop, forwardQueue), hold: forwardHold, retry: forwardRetry}
+	return &forwarder{
+		to: to, log: log, q: make(chan handoff.Drop, forwardQueue),
+		limit: rate.NewLimiter(forwardRate, forwardBurst),
+		hold:  forwardHold, retry: forwardRetry, now: time.Now, sleep: sleepCtx,
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // offer queues d without waiting.
 func (f *forwarder) offer(d handoff.Drop) {
+	if !f.limit.Allow() {
+		f.counts[outRateLimited].Add(1)
+		return
+	}
 	select {
 	case f.q <- d:
 	default:
-		f.counts[3].Add(1)
+		f.counts[outQueueFull].Add(1)
 	}
 }
 
@@ -98,39 +145,43 @@ func (f *forwarder) run(ctx context.Context) {
 	}
 }
 
-// send reports batch, waiting up to f.hold for a node proxy while none is
-// connected. Drops whose report failed after it was sent are not sent
+// send reports batch, retrying while no proxy is connected (see
+// forwardHold). Drops whose report failed after it was sent are not sent
 // again: the proxy may have recorded them before its ack was lost.
 func (f *forwarder) send(ctx context.Context, batch []handoff.Drop) {
 	var err error
-	for start := time.Now(); ; {
+	for {
 		rctx, cancel := context.WithTimeout(ctx, forwardTimeout)
 		err = f.to.ReportDrops(rctx, batch)
 		cancel()
-		if !errors.Is(err, handoff.ErrNoProxy) || errors.Is(err, handoff.ErrConnLost) || time.Since(start) >= f.hold {
+		if err == nil || !errors.Is(err, handoff.ErrNoProxy) || errors.Is(err, handoff.ErrConnLost) {
 			break
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(f.retry):
+		now := f.now()
+		if f.noProxySince.IsZero() {
+			f.noProxySince = now
+		}
+		if now.Sub(f.noProxySince) >= f.hold || !f.sleep(ctx, f.retry) {
+			break
 		}
 	}
 	n := uint64(len(batch))
-	switch {
-	case err == nil:
-		f.counts[0].Add(n)
+	if err == nil {
+		f.counts[outDelivered].Add(n)
+		f.noProxySince = time.Time{}
 		if f.warned {
 			f.log.Info("drop events reach the node proxy again")
 			f.warned = false
 		}
 		return
+	}
+	switch {
 	case errors.Is(err, handoff.ErrConnLost):
-		f.counts[2].Add(n)
-	case errors.Is(err, handoff.ErrNoProxy):
-		f.counts[1].Add(n)
+		f.counts[outFailed].Add(n)
+	case errors.Is(err, handoff.ErrNoProxy), errors.Is(err, handoff.ErrDropsNotTaken):
+		f.counts[outNoProxy].Add(n)
 	default:
-		f.counts[2].Add(n)
+		f.counts[outFailed].Add(n)
 	}
 	if !f.warned && ctx.Err() == nil {
 		f.log.Warn("drop events not delivered to the node proxy's flow records (they stay in this agent's log and /debug/drops)", "drops", n, "error", err)

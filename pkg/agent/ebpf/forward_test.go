@@ -10,16 +10,19 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/palisade-net/palisade/pkg/handoff"
 )
 
-// fakeReporter records the reports it gets and answers each with the
-// next of errs (nil once they run out); it blocks while gate is held.
+// fakeReporter records the reports it gets and answers each report of a
+// batch (named by its first drop's Length) with the next of errs[Length],
+// nil once they run out; it blocks while gate is held.
 type fakeReporter struct {
-	mu      sync.Mutex
-	batches [][]handoff.Drop
-	errs    []error
 	gate    sync.Mutex
+	mu      sync.Mutex
+	reports [][]handoff.Drop
+	errs    map[uint32][]error
 }
 
 func (r *fakeReporter) ReportDrops(_ context.Context, drops []handoff.Drop) error {
@@ -27,123 +30,162 @@ func (r *fakeReporter) ReportDrops(_ context.Context, drops []handoff.Drop) erro
 	defer r.gate.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.batches = append(r.batches, append([]handoff.Drop(nil), drops...))
-	if len(r.errs) == 0 {
+	r.reports = append(r.reports, append([]handoff.Drop(nil), drops...))
+	key := drops[0].Length
+	if len(r.errs[key]) == 0 {
 		return nil
 	}
-	err := r.errs[0]
-	r.errs = r.errs[1:]
+	err := r.errs[key][0]
+	r.errs[key] = r.errs[key][1:]
 	return err
 }
 
-// distinct returns the reports without their retries (a report that
-// starts with the drop the one before started with), and how many reports
-// there were.
-func (r *fakeReporter) distinct() ([][]handoff.Drop, int) {
+func (r *fakeReporter) taken() [][]handoff.Drop {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out [][]handoff.Drop
-	for _, b := range r.batches {
-		if len(out) > 0 && b[0] == out[len(out)-1][0] {
-			continue
-		}
-		out = append(out, b)
-	}
-	return out, len(r.batches)
+	out := r.reports
+	r.reports = nil
+	return out
 }
 
-func count(batches [][]handoff.Drop) int {
-	n := 0
-	for _, b := range batches {
-		n += len(b)
+func drops(from, n int) []handoff.Drop {
+	var out []handoff.Drop
+	for i := from; i < from+n; i++ {
+		out = append(out, handoff.Drop{Length: uint32(i)})
 	}
-	return n
+	return out
 }
 
-// TestForwarder: drops reach the reporter in order and in batches of at
-// most forwardBatch; a full queue counts what it cannot hold instead of
-// blocking; while no proxy is connected a batch is retried for f.hold;
-// failed reports are counted by outcome, never resent once sent, and
-// logged once per streak of failures.
-func TestForwarder(t *testing.T) {
-	var logs bytes.Buffer
-	noProxy := fmt.Errorf("x: %w", handoff.ErrNoProxy)
-	rep := &fakeReporter{errs: []error{
-		noProxy, noProxy, // retried, then delivered
-		fmt.Errorf("x: %w", handoff.ErrConnLost),             // sent, not resent
-		noProxy, noProxy, noProxy, noProxy, noProxy, noProxy, // held too long
-		&handoff.RemoteError{Msg: "refused"},
-	}}
-	f := newForwarder(rep, slog.New(slog.NewTextHandler(&logs, nil)))
-	f.hold, f.retry = 20*time.Millisecond, 5*time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+// fakeClock makes the forwarder's waits instant and counts them.
+func fakeClock(f *forwarder) *int {
+	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+	sleeps := new(int)
+	f.now = func() time.Time { return now }
+	f.sleep = func(ctx context.Context, d time.Duration) bool {
+		now = now.Add(d)
+		*sleeps++
+		return ctx.Err() == nil
+	}
+	return sleeps
+}
 
-	// While the reporter is held, the queue fills and then overflows.
+// TestForwarderQueue: drops reach the reporter in order, in reports of at
+// most forwardBatch; while the reporter is slow the queue fills and
+// counts what it cannot hold instead of blocking the reader.
+func TestForwarderQueue(t *testing.T) {
+	rep := &fakeReporter{}
+	f := newForwarder(rep, slog.New(slog.DiscardHandler))
+	f.limit = rate.NewLimiter(rate.Inf, 0)
 	rep.gate.Lock()
-	total := forwardQueue + 10
-	for i := range total {
-		f.offer(handoff.Drop{Length: uint32(i)})
+	for _, d := range drops(0, forwardQueue+10) {
+		f.offer(d)
 	}
-	if got := f.counts[3].Load(); got != 10 {
+	if got := f.counts[outQueueFull].Load(); got != 10 {
 		t.Fatalf("queue_full = %d, want 10", got)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		f.run(ctx)
 	}()
 	rep.gate.Unlock()
+	var got []handoff.Drop
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		d, _ := rep.distinct()
-		if count(d) >= forwardQueue {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("reporter got %d drops, want %d", count(d), forwardQueue)
+	for len(got) < forwardQueue && time.Now().Before(deadline) {
+		for i, r := range rep.taken() {
+			if len(r) > forwardBatch {
+				t.Errorf("report %d holds %d drops, more than %d", i, len(r), forwardBatch)
+			}
+			got = append(got, r...)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
 	<-done
-
-	// Reports: batch 0 three times (two retries), batch 1 once (lost
-	// connection), batch 2 until the hold ran out, batch 3 once (refused),
-	// then the rest.
-	distinct, reports := rep.distinct()
-	var sent []handoff.Drop
-	for i, b := range distinct {
-		if len(b) > forwardBatch {
-			t.Errorf("batch %d holds %d drops, more than %d", i, len(b), forwardBatch)
-		}
-		sent = append(sent, b...)
+	if len(got) != forwardQueue {
+		t.Fatalf("reporter got %d drops, want %d", len(got), forwardQueue)
 	}
-	if len(sent) != forwardQueue {
-		t.Fatalf("reporter got %d distinct drops, want %d", len(sent), forwardQueue)
-	}
-	for i, d := range sent {
+	for i, d := range got {
 		if d.Length != uint32(i) {
 			t.Fatalf("drop %d has length %d: out of order", i, d.Length)
 		}
 	}
-	if len(distinct) < 5 || reports-len(distinct) < 3 {
-		t.Fatalf("%d reports of %d batches, want at least 5 batches and 3 retries", reports, len(distinct))
+	if n := f.counts[outDelivered].Load(); n != forwardQueue {
+		t.Errorf("delivered = %d, want %d", n, forwardQueue)
 	}
-	size := func(i int) uint64 { return uint64(len(distinct[i])) }
-	if got := f.counts[1].Load(); got != size(2) {
-		t.Errorf("no_proxy = %d, want %d (the batch held too long)", got, size(2))
+}
+
+// TestForwarderOutcomes: while no proxy is connected a report is retried
+// until one takes it, for forwardHold counted from the first report that
+// found none; past that, reports fail at once until a proxy takes one. A
+// proxy that does not take drops is not waited for; a report that failed
+// after it was sent is not sent again. Each outcome is counted, and a
+// streak of failures is logged once.
+func TestForwarderOutcomes(t *testing.T) {
+	noProxy := fmt.Errorf("x: %w", handoff.ErrNoProxy)
+	lost := fmt.Errorf("x: %w", handoff.ErrConnLost)
+	notTaken := fmt.Errorf("x: %w", handoff.ErrDropsNotTaken)
+	var logs bytes.Buffer
+	rep := &fakeReporter{errs: map[uint32][]error{}}
+	f := newForwarder(rep, slog.New(slog.NewTextHandler(&logs, nil)))
+	sleeps := fakeClock(f)
+	always := make([]error, 1000)
+	for i := range always {
+		always[i] = noProxy
 	}
-	if got := f.counts[2].Load(); got != size(1)+size(3) {
-		t.Errorf("failed = %d, want %d", got, size(1)+size(3))
+	for _, tc := range []struct {
+		name    string
+		batch   []handoff.Drop
+		errs    []error
+		reports int    // how often the batch is sent
+		sleeps  int    // waits of forwardRetry
+		outcome int    // counted as
+		log     string // logged, "" for nothing new
+	}{
+		{"proxy back after two retries", drops(0, 3), []error{noProxy, noProxy}, 3, 2, outDelivered, ""},
+		{"connection lost after sending", drops(3, 2), []error{lost, lost}, 1, 0, outFailed, "drop events not delivered"},
+		{"proxy does not take drops", drops(5, 4), []error{notTaken, notTaken}, 1, 0, outNoProxy, ""},
+		{"refused", drops(9, 1), []error{&handoff.RemoteError{Msg: "no"}}, 1, 0, outFailed, ""},
+		{"no proxy for the whole hold", drops(10, 5), always, int(forwardHold/forwardRetry) + 1, int(forwardHold / forwardRetry), outNoProxy, ""},
+		{"no proxy still: no second wait", drops(15, 2), always, 1, 0, outNoProxy, ""},
+		{"a proxy again", drops(17, 6), nil, 1, 0, outDelivered, "reach the node proxy again"},
+		{"no proxy again: waits anew", drops(23, 1), []error{noProxy}, 2, 1, outDelivered, ""},
+	} {
+		rep.errs[tc.batch[0].Length] = tc.errs
+		before := f.counts[tc.outcome].Load()
+		*sleeps = 0
+		logged := logs.Len()
+		f.send(context.Background(), tc.batch)
+		reports := rep.taken()
+		if len(reports) != tc.reports || *sleeps != tc.sleeps {
+			t.Errorf("%s: sent %d times with %d waits, want %d and %d", tc.name, len(reports), *sleeps, tc.reports, tc.sleeps)
+		}
+		if got := f.counts[tc.outcome].Load() - before; got != uint64(len(tc.batch)) {
+			t.Errorf("%s: counted %d as %s, want %d", tc.name, got, forwardOutcomes[tc.outcome], len(tc.batch))
+		}
+		if out := logs.String()[logged:]; (tc.log == "") != (out == "") || !strings.Contains(out, tc.log) {
+			t.Errorf("%s: logged %q, want %q", tc.name, out, tc.log)
+		}
 	}
-	if got := f.counts[0].Load(); got != uint64(forwardQueue)-size(1)-size(2)-size(3) {
-		t.Errorf("delivered = %d, want %d", got, uint64(forwardQueue)-size(1)-size(2)-size(3))
+	var total uint64
+	for i := range f.counts {
+		total += f.counts[i].Load()
 	}
-	out := logs.String()
-	if n := strings.Count(out, "drop events not delivered"); n != 1 {
-		t.Errorf("%d warnings for one streak of failures, want 1:\n%s", n, out)
+	if total != 24 {
+		t.Errorf("%d drops counted in all, want 24", total)
 	}
-	if !strings.Contains(out, "drop events reach the node proxy again") {
-		t.Errorf("no note of the recovery:\n%s", out)
+}
+
+// TestForwarderRateLimit: beyond the burst, drops are counted and not
+// queued.
+func TestForwarderRateLimit(t *testing.T) {
+	f := newForwarder(&fakeReporter{}, slog.New(slog.DiscardHandler))
+	f.limit = rate.NewLimiter(rate.Every(time.Hour), 5)
+	for _, d := range drops(0, 8) {
+		f.offer(d)
+	}
+	if got, queued := f.counts[outRateLimited].Load(), len(f.q); got != 3 || queued != 5 {
+		t.Errorf("rate_limited %d, queued %d, want 3 and 5", got, queued)
 	}
 }

@@ -21,8 +21,9 @@ var (
 		"Packets not counted because the counter map was full.",
 		nil, nil)
 	forwardedDesc = prometheus.NewDesc("palisade_ebpf_drop_events_forwarded_total",
-		"Drop events handed to the node proxy for its flow records, by outcome: delivered, no_proxy (no node proxy that takes them was connected), "+
-			"failed (refused, or the proxy went away before its ack), queue_full (the node proxy was too slow). Undelivered ones stay in the agent's log and /debug/drops.",
+		"Drop events handed to the node proxy for its flow records, by outcome: delivered, no_proxy (no node proxy that takes them was connected, "+
+			"after waiting up to 30 s for one), failed (refused, or the proxy went away or timed out before its ack), queue_full (more than 4096 were waiting), "+
+			"rate_limited (beyond 200 a second, bursts of 1000). Undelivered ones stay in the agent's log and /debug/drops.",
 		[]string{"outcome"}, nil)
 	endpointsDesc = prometheus.NewDesc("palisade_ebpf_endpoints",
 		"Enrolled addresses of the cluster in the datapath's endpoint map.",
