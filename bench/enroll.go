@@ -940,7 +940,7 @@ func (r *results) enrollTables() []table {
 	nodeRow("per pod, mean (ms): then until the agent has the node proxy's ack", func(n string) string {
 		return med(fresh, n, "%.1f", func(x enrollNode) float64 { return x.HandoffMs - x.ProxyMs })
 	})
-	nodeRow("per pod, mean (ms): then the redirect rules (iptables-save/-restore in the pod's netns)", func(n string) string {
+	nodeRow("per pod, mean (ms): then the redirect rules (one iptables-restore per family in the pod's netns, InstallNew)", func(n string) string {
 		return med(fresh, n, "%.1f", func(x enrollNode) float64 { return x.RulesMs })
 	})
 	nodeRow("annotations written: first / last (s after the label)", func(n string) string {
