@@ -285,8 +285,8 @@ func TestFlowLogCRD(t *testing.T) {
 	}
 	root := v.Schema.OpenAPIV3Schema
 	for path, want := range map[string][]string{
-		"spec.protocols[]": {"tcp", "http", "grpc", "kafka"},
-		"spec.verdicts[]":  {"allowed", "denied", "failed", "revoked"},
+		"spec.protocols[]": {"tcp", "http", "grpc", "kafka", "udp", "icmp", "icmpv6"},
+		"spec.verdicts[]":  {"allowed", "denied", "failed", "revoked", "dropped"},
 	} {
 		var got []string
 		for _, e := range nodeAt(t, root, path).Enum {
