@@ -27,6 +27,8 @@
 // behind: chains without jumps, duplicated jumps, jumps that are not first,
 // stale chains of older versions, or rules left in the other iptables
 // backend. Rules and chains that are not Palisade's are never touched.
+// InstallNew skips the read where the caller knows the namespace holds
+// nothing of Palisade's, and falls back to it where that was wrong.
 //
 // "Loopback" means 127.0.0.0/8 for IPv4 and ::1 for IPv6.
 package redirect
