@@ -65,25 +65,7 @@ var errNilHandle = errors.New("redirect: nil netns handle (refusing to touch the
 // that Installed reports and the next Install fixes. Calls for the same
 // namespace must not overlap; calls for different namespaces may.
 func Install(ctx context.Context, h *netns.Handle, cfg Config) error {
-	if h == nil {
-		return errNilHandle
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	sets, err := resolve(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("redirect install: %w", err)
-	}
-	for _, s := range sets {
-		if err := converge(ctx, h, s.primary, desired(cfg, s.primary.fam)); err != nil {
-			return fmt.Errorf("redirect install (%s, %s): %w", s.primary.fam.name, s.primary.variant, err)
-		}
-		if err := cleanOther(ctx, h, s.other); err != nil {
-			return fmt.Errorf("redirect install: %w", err)
-		}
-	}
-	return nil
+	return install(ctx, h, cfg, false)
 }
 
 // InstallNew is Install for a namespace that most likely holds none of
@@ -99,6 +81,11 @@ func Install(ctx context.Context, h *netns.Handle, cfg Config) error {
 // Callers use it once every namespace they have not enrolled themselves
 // has been swept clean (the agent's start-up sweep).
 func InstallNew(ctx context.Context, h *netns.Handle, cfg Config) error {
+	return install(ctx, h, cfg, true)
+}
+
+// install is Install, or InstallNew when fresh is set.
+func install(ctx context.Context, h *netns.Handle, cfg Config, fresh bool) error {
 	if h == nil {
 		return errNilHandle
 	}
@@ -111,9 +98,10 @@ func InstallNew(ctx context.Context, h *netns.Handle, cfg Config) error {
 	}
 	for _, s := range sets {
 		want := desired(cfg, s.primary.fam)
-		if err := s.primary.apply(ctx, h, planNew(want)); err != nil {
-			// Most likely a chain of ours exists: read and converge (which
-			// reports the error if the tables are unusable).
+		// When the one-restore attempt fails (most likely a chain of ours
+		// exists), read and converge, which reports the error if the
+		// tables are unusable.
+		if !fresh || s.primary.apply(ctx, h, planNew(want)) != nil {
 			if err := converge(ctx, h, s.primary, want); err != nil {
 				return fmt.Errorf("redirect install (%s, %s): %w", s.primary.fam.name, s.primary.variant, err)
 			}
