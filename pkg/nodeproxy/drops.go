@@ -31,13 +31,12 @@ func (p *Proxy) dropRecord(ix *workload.Index, d *handoff.Drop) *flowlog.Record 
 	if d.Direction != "from_pod" {
 		dir = dirInboundPlain
 	}
-	r := &flowlog.Record{
+	return &flowlog.Record{
 		Time: d.Time, Type: flowlog.TypePacket, Node: p.cfg.Node, Direction: dir, Pod: d.Pod,
 		Source: p.packetSide(ix, d.Source), Destination: p.packetSide(ix, d.Destination),
 		Transport: "plaintext", Protocol: d.Protocol, Verdict: flowlog.Dropped, Reason: d.Reason,
 		Packet: &flowlog.Packet{Interface: d.Interface, Length: d.Length, TCPFlags: d.TCPFlags},
 	}
-	return r
 }
 
 // packetSide describes one address of a dropped packet: the pod it

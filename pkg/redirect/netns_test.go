@@ -118,6 +118,25 @@ func mustInstall(t *testing.T, h *netns.Handle, cfg Config) {
 	}
 }
 
+func mustInstallNew(t *testing.T, h *netns.Handle, cfg Config) {
+	t.Helper()
+	if err := InstallNew(t.Context(), h, cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// installedStates returns a new namespace, its dump before Install and its
+// dump with the rules installed; Remove has run since.
+func installedStates(t *testing.T, cfg Config) (h *netns.Handle, pre, clean string) {
+	t.Helper()
+	_, h = newNetns(t)
+	pre = dump(t, h)
+	mustInstall(t, h, cfg)
+	clean = dump(t, h)
+	mustRemove(t, h, cfg)
+	return h, pre, clean
+}
+
 func mustRemove(t *testing.T, h *netns.Handle, cfg Config) {
 	t.Helper()
 	if err := Remove(t.Context(), h, cfg); err != nil {
@@ -322,27 +341,19 @@ func TestInstallIdempotentAndRemoveRestores(t *testing.T) {
 // TestInstallNew: on a namespace without Palisade's rules InstallNew leaves
 // exactly what Install leaves; where rules of ours are (installed, or any
 // crash state) its one-restore attempt changes nothing and it converges
-// like Install, never duplicating a jump; foreign rules stay.
+// like Install, never duplicating a jump.
 func TestInstallNew(t *testing.T) {
 	requireRoot(t)
 	for _, b := range testBackends(t) {
 		t.Run(backendName(b), func(t *testing.T) {
 			cfg := testConfig(b)
-			_, h := newNetns(t)
-			pre := dump(t, h)
-			mustInstall(t, h, cfg)
-			clean := dump(t, h)
-			mustRemove(t, h, cfg)
+			h, pre, clean := installedStates(t, cfg)
 			sameDump(t, "remove", dump(t, h), pre)
 
-			if err := InstallNew(t.Context(), h, cfg); err != nil {
-				t.Fatal(err)
-			}
+			mustInstallNew(t, h, cfg)
 			sameDump(t, "InstallNew on a clean namespace", dump(t, h), clean)
 			wantInstalled(t, h, cfg, true)
-			if err := InstallNew(t.Context(), h, cfg); err != nil {
-				t.Fatal(err)
-			}
+			mustInstallNew(t, h, cfg)
 			sameDump(t, "InstallNew again", dump(t, h), clean)
 
 			for _, cs := range crashStates {
@@ -351,9 +362,7 @@ func TestInstallNew(t *testing.T) {
 					v4, v6 := Rules(cfg)
 					applyRaw(t, h, cfg, familyV4, cs.script(v4, familyV4))
 					applyRaw(t, h, cfg, familyV6, cs.script(v6, familyV6))
-					if err := InstallNew(t.Context(), h, cfg); err != nil {
-						t.Fatal(err)
-					}
+					mustInstallNew(t, h, cfg)
 					sameDump(t, "InstallNew after crash state", dump(t, h), clean)
 				})
 			}
@@ -402,9 +411,7 @@ func TestInstallNew(t *testing.T) {
 			return strings.Fields(string(data))
 		}
 		_, h := newNetns(t)
-		if err := InstallNew(t.Context(), h, cfg); err != nil {
-			t.Fatal(err)
-		}
+		mustInstallNew(t, h, cfg)
 		want := []string{"iptables-nft-restore"}
 		if cfg.IPv6 {
 			want = append(want, "ip6tables-nft-restore")
@@ -414,9 +421,7 @@ func TestInstallNew(t *testing.T) {
 		}
 		wantInstalled(t, h, cfg, true)
 		runs()
-		if err := InstallNew(t.Context(), h, cfg); err != nil {
-			t.Fatal(err)
-		}
+		mustInstallNew(t, h, cfg)
 		if got := runs(); !slices.Contains(got, "iptables-nft-save") || countLines(got, "iptables-nft-restore") != 1 {
 			t.Errorf("InstallNew on an installed namespace ran %v, want a failed restore, then a save and nothing to apply", got)
 		}
@@ -431,11 +436,7 @@ func TestKilledMidway(t *testing.T) {
 	for _, b := range testBackends(t) {
 		t.Run(backendName(b), func(t *testing.T) {
 			cfg := testConfig(b)
-			_, h := newNetns(t)
-			pre := dump(t, h)
-			mustInstall(t, h, cfg)
-			clean := dump(t, h)
-			mustRemove(t, h, cfg)
+			h, pre, clean := installedStates(t, cfg)
 
 			killed := 0
 			for i := range 30 {

@@ -18,26 +18,25 @@ type DropReporter interface {
 	ReportDrops(ctx context.Context, drops []handoff.Drop) error
 }
 
-// Forwarding outcomes, the outcome label of
-// palisade_ebpf_drop_events_forwarded_total, in the order of
-// forwarder.counts.
+// Forwarding outcomes: indexes of forwarder.counts, named in
+// forwardOutcomes (the outcome label of
+// palisade_ebpf_drop_events_forwarded_total).
 const (
-	forwardDelivered   = "delivered"    // the node proxy acknowledged them
-	forwardNoProxy     = "no_proxy"     // no node proxy (that takes them) was connected
-	forwardFailed      = "failed"       // the proxy refused them, or went away or timed out before its ack
-	forwardQueueFull   = "queue_full"   // more were waiting than forwardQueue
-	forwardRateLimited = "rate_limited" // beyond forwardRate
+	outDelivered   = iota // the node proxy acknowledged them
+	outNoProxy            // no node proxy (that takes them) was connected
+	outFailed             // the proxy refused them, or went away or timed out before its ack
+	outQueueFull          // more were waiting than forwardQueue
+	outRateLimited        // beyond forwardRate
+	numOutcomes
 )
 
-var forwardOutcomes = []string{forwardDelivered, forwardNoProxy, forwardFailed, forwardQueueFull, forwardRateLimited}
-
-const (
-	outDelivered = iota
-	outNoProxy
-	outFailed
-	outQueueFull
-	outRateLimited
-)
+var forwardOutcomes = [numOutcomes]string{
+	outDelivered:   "delivered",
+	outNoProxy:     "no_proxy",
+	outFailed:      "failed",
+	outQueueFull:   "queue_full",
+	outRateLimited: "rate_limited",
+}
 
 const (
 	// forwardRate and forwardBurst bound the drops per second that become
@@ -81,8 +80,8 @@ type forwarder struct {
 	// noProxySince is when a report first found no proxy, zero while
 	// proxies take them (run's goroutine only).
 	noProxySince time.Time
-	// counts by outcome, in forwardOutcomes order.
-	counts [5]atomic.Uint64
+	// counts by outcome (out* indexes).
+	counts [numOutcomes]atomic.Uint64
 	// warned is set while reports fail, so that a failure is logged once
 	// per streak (run's goroutine only).
 	warned bool
