@@ -61,7 +61,8 @@ type Request struct {
 // TryWriter, the connection's read loop writes the client's bytes into it
 // directly whenever the socket takes them without blocking, which saves a
 // goroutine hand-off per DATA frame; wrappers (byte counters, for example)
-// should implement TryWriter for that, with NewTryWriter.
+// should implement TryWriter for that, with NewTryWriter. A backend that
+// implements StreamTaker is not spliced: it is handed the stream itself.
 type ConnectFunc func(ctx context.Context, req *Request) (backend net.Conn, status int, err error)
 
 // ServerConfig configures a Server.

@@ -56,7 +56,8 @@ func newServerStream(sc *serverConn, id uint32) *serverStream {
 	return st
 }
 
-// run calls Connect and, on success, splices the stream to the backend.
+// run calls Connect and, on success, splices the stream to the backend or
+// hands it to the backend (StreamTaker).
 func (st *serverStream) run(req *Request, authority string) {
 	sc := st.sc
 	defer sc.streamFinished()
@@ -103,11 +104,21 @@ func (st *serverStream) run(req *Request, authority string) {
 		return
 	}
 	st.backend = backend
-	st.sink = directWriterFor(backend)
+	taker, takes := backend.(StreamTaker)
+	if !takes {
+		st.sink = directWriterFor(backend)
+	}
 	sc.mu.Unlock()
 
 	if err := st.writeOK(); err != nil {
 		st.abort(err, false, false, 0)
+		backend.Close()
+		return
+	}
+	if takes {
+		s := &Stream{st: st, local: req.LocalAddr, remote: req.RemoteAddr}
+		taker.TakeStream(s)
+		s.Close()
 		backend.Close()
 		return
 	}

@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/l7"
@@ -125,31 +122,4 @@ func (pp *podProxy) inspectAndClose(client net.Conn, backend *countedConn, a *au
 	a.fail(err)
 	p.metrics.l7Errors.WithLabelValues(f.Direction, string(a.proto)).Inc()
 	return
-}
-
-// socketPair returns the two ends of a connected unix stream socket pair.
-// The HBONE server splices a tunnel stream to a net.Conn; for inspected
-// connections that conn is one end of the pair and the inspector serves
-// the other, so the tunnel code needs no knowledge of L7.
-func socketPair() (net.Conn, net.Conn, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("socketpair: %w", err)
-	}
-	var conns [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "l7-pair")
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			if i == 1 {
-				conns[0].Close()
-			} else {
-				unix.Close(fds[1])
-			}
-			return nil, nil, fmt.Errorf("socketpair: %w", err)
-		}
-		conns[i] = c
-	}
-	return conns[0], conns[1], nil
 }

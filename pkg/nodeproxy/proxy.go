@@ -660,44 +660,49 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		}
 		return backend, http.StatusOK, nil
 	}
-	// The tunnel stream is spliced to one end of a socket pair; the
-	// inspector serves the other end and the app. Closing front on
-	// revocation makes the tunnel stream end with a reset, not a clean
-	// end of stream.
-	front, back, err := socketPair()
-	if err != nil {
-		up.Close()
-		f.Verdict, f.Reason = "failed", err.Error()
-		pp.record(&f, "internal-error")
-		return nil, http.StatusServiceUnavailable, err
+	// The HBONE server hands the tunnel stream itself to the backend
+	// (hbone.StreamTaker), which runs the inspector between the stream and
+	// the app. Revocation resets the tunnel stream, so the client sees its
+	// connection reset rather than ended.
+	backend := &inspectedBackend{countedConn: &countedConn{Conn: up}}
+	backend.take = func(s *hbone.Stream) {
+		backend.stream.Store(s)
+		if a.revoked.Load() != nil {
+			s.Reset("connection revoked")
+		}
+		sent, recv := pp.inspectAndClose(s, backend.countedConn, a, &f)
+		p.live.remove(a)
+		p.finish(&f, sent, recv, a)
 	}
-	backend := &countedConn{Conn: up}
 	a.end = func(reason string) {
 		a.revoke(reason)
-		front.Close()
-		back.Close()
+		if s := backend.stream.Load(); s != nil {
+			s.Reset(reason)
+		}
 		backend.Close()
 	}
 	p.opened(&f)
 	if !pp.register(a) {
-		front.Close()
-		back.Close()
 		backend.Close()
 		p.finish(&f, 0, 0, a)
 		return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", *a.revoked.Load())
 	}
-	// pp.wg.Add runs in an HBONE stream goroutine; pp.stop and pp.drain
-	// shut the HBONE server down (which waits for its stream goroutines)
-	// before waiting on pp.wg, so the Add never races the Wait.
-	pp.wg.Add(1)
-	go func() {
-		defer pp.wg.Done()
-		sent, recv := pp.inspectAndClose(back, backend, a, &f)
-		p.live.remove(a)
-		p.finish(&f, sent, recv, a)
-	}()
-	return front, http.StatusOK, nil
+	return backend, http.StatusOK, nil
 }
+
+// inspectedBackend is the app connection of an inbound tunnel whose port
+// has L7 rules. The HBONE server hands it the tunnel stream
+// (hbone.StreamTaker) and it runs the connection's inspector between the
+// stream and the app, in the stream's goroutine, which the HBONE server
+// waits for when it shuts down.
+type inspectedBackend struct {
+	*countedConn
+	take   func(s *hbone.Stream)
+	stream atomic.Pointer[hbone.Stream] // once taken
+}
+
+// TakeStream implements hbone.StreamTaker.
+func (b *inspectedBackend) TakeStream(s *hbone.Stream) { b.take(s) }
 
 // register adds a to the live connections and re-checks it against the
 // policy now current: a policy that arrived between the decision and the
