@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -100,19 +101,18 @@ type conn struct {
 	br *bufio.Reader // backend, read by the response side
 	cw *bufio.Writer // client, written by the response side
 
-	brFlush *flushReader
-
 	queue   chan *exchange
 	done    chan struct{} // closed when the response side ended
 	closing atomic.Bool   // teardown began: I/O errors are expected
 	aborted atomic.Bool   // ctx ended
 
-	// The response side watches the backend while no request is
-	// outstanding, so that a backend closing an idle connection closes
-	// the client's too (instead of the next request failing).
-	peekReq   chan struct{}
-	peekRes   chan error
-	peekArmed bool
+	// idle coordinates the response side's read of the backend while no
+	// exchange is queued with the request side's wake.
+	idle struct {
+		mu      sync.Mutex
+		waiting bool // the response side reads the backend in next
+		woken   bool // wake set a read deadline that next must clear
+	}
 
 	req     request
 	resp    response
@@ -127,8 +127,6 @@ func newConn(client, backend net.Conn, s *l7.Session) *conn {
 		log:     s.Logger(),
 		queue:   make(chan *exchange, maxPipeline),
 		done:    make(chan struct{}),
-		peekReq: make(chan struct{}),
-		peekRes: make(chan error, 1),
 	}
 	c.bw = bufio.NewWriterSize(backend, bufSize)
 	c.cw = bufio.NewWriterSize(client, bufSize)
@@ -136,8 +134,7 @@ func newConn(client, backend net.Conn, s *l7.Session) *conn {
 	// is about to wait for input, which batches pipelined messages
 	// without delaying anything.
 	c.cr = bufio.NewReaderSize(newFlushReader(client, c.bw), bufSize)
-	c.brFlush = newFlushReader(backend, c.cw)
-	c.br = bufio.NewReaderSize(c.brFlush, bufSize)
+	c.br = bufio.NewReaderSize(newFlushReader(backend, c.cw), bufSize)
 	return c
 }
 
@@ -151,13 +148,13 @@ func (c *conn) abort() {
 
 // serve runs both sides and tears the connection down.
 func (c *conn) serve() error {
-	go c.watchBackend()
 	reqDone := make(chan error, 1)
 	go func() {
 		err := c.requestLoop()
 		// What was forwarded last may still be buffered.
 		_ = c.bw.Flush()
 		close(c.queue)
+		c.wake()
 		reqDone <- err
 	}()
 	tunnel, respErr := c.responseLoop()
@@ -180,7 +177,6 @@ func (c *conn) serve() error {
 	}
 	c.client.Close()
 	c.backend.Close()
-	close(c.peekReq)
 	// Requests judged but never answered still get their record.
 	for e := range c.queue {
 		if e.kind != exBad {
@@ -259,19 +255,16 @@ func (c *conn) malformedInput(from string, err error) error {
 // flushReader flushes a writer before reading, so that buffered output
 // goes out whenever the reader would wait for input.
 type flushReader struct {
-	r       io.Reader
-	w       *bufio.Writer
-	enabled atomic.Bool
+	r io.Reader
+	w *bufio.Writer
 }
 
 func newFlushReader(r io.Reader, w *bufio.Writer) *flushReader {
-	f := &flushReader{r: r, w: w}
-	f.enabled.Store(true)
-	return f
+	return &flushReader{r: r, w: w}
 }
 
 func (f *flushReader) Read(p []byte) (int, error) {
-	if f.enabled.Load() && f.w.Buffered() > 0 {
+	if f.w.Buffered() > 0 {
 		if err := f.w.Flush(); err != nil {
 			return 0, err
 		}

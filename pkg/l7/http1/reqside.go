@@ -154,22 +154,26 @@ func (c *conn) bodyError(err error) error {
 }
 
 // enqueue hands e to the response side, waiting while the pipeline is
-// full. It reports false when the response side has ended.
+// full. It reports false when the response side has ended. An exchange
+// the proxy answers itself wakes the response side, which may be waiting
+// for the backend.
 func (c *conn) enqueue(e *exchange) bool {
 	select {
 	case c.queue <- e:
-		return true
 	default:
+		if c.bw.Flush() != nil {
+			return false
+		}
+		select {
+		case c.queue <- e:
+		case <-c.done:
+			return false
+		}
 	}
-	if c.bw.Flush() != nil {
-		return false
+	if e.kind != exForward {
+		c.wake()
 	}
-	select {
-	case c.queue <- e:
-		return true
-	case <-c.done:
-		return false
-	}
+	return true
 }
 
 // tunnelToBackend relays the client's bytes to the backend unparsed after

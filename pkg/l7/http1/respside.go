@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"time"
 
 	"github.com/palisade-net/palisade/pkg/l7"
 )
@@ -57,35 +59,56 @@ func (c *conn) responseLoop() (tunnel bool, err error) {
 }
 
 // next returns the next exchange, or nil when the request side is done
-// and all are answered. While none is queued it watches the backend: a
-// close then ends the connection cleanly; data is a protocol violation.
+// and all are answered. While none is queued it reads the backend itself
+// (no goroutine of its own watches the backend, which would cost a
+// hand-off per response): the response to a forwarded request wakes it,
+// as that exchange is queued before the request is forwarded; a backend
+// close ends the connection cleanly; other data is a protocol violation.
+// The request side interrupts the read (wake) for exchanges the backend
+// will not answer and when it is done.
 func (c *conn) next() (*exchange, error) {
-	select {
-	case e, ok := <-c.queue:
-		if !ok {
-			return nil, c.ioError("writing to the client", c.cw.Flush())
+	for {
+		select {
+		case e, ok := <-c.queue:
+			if !ok {
+				return nil, c.ioError("writing to the client", c.cw.Flush())
+			}
+			return e, nil
+		default:
 		}
-		return e, nil
-	default:
-	}
-	if err := c.cw.Flush(); err != nil {
-		return nil, c.ioError("writing to the client", err)
-	}
-	if !c.peekArmed {
-		// The watcher reads without flushing: the writer is this
-		// goroutine's, and it flushes before it waits here again.
-		c.brFlush.enabled.Store(false)
-		c.peekArmed = true
-		c.peekReq <- struct{}{}
-	}
-	select {
-	case e, ok := <-c.queue:
-		if !ok {
-			return nil, nil
+		// Answers of the proxy's may be buffered; the backend's answer
+		// can take its time.
+		if err := c.cw.Flush(); err != nil {
+			return nil, c.ioError("writing to the client", err)
 		}
-		return e, nil
-	case err := <-c.peekRes:
-		c.disarm()
+		c.idle.mu.Lock()
+		select {
+		case e, ok := <-c.queue:
+			c.idle.mu.Unlock()
+			if !ok {
+				return nil, nil
+			}
+			return e, nil
+		default:
+		}
+		c.idle.waiting = true
+		c.idle.mu.Unlock()
+
+		_, err := c.br.Peek(1)
+
+		c.idle.mu.Lock()
+		c.idle.waiting = false
+		woken := c.idle.woken
+		c.idle.woken = false
+		c.idle.mu.Unlock()
+		if woken {
+			if derr := c.backend.SetReadDeadline(time.Time{}); derr != nil {
+				return nil, c.ioError("reading from the backend", derr)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+		}
 		// A request may have been queued just before its response
 		// arrived: exchanges are queued before they are forwarded.
 		select {
@@ -103,16 +126,16 @@ func (c *conn) next() (*exchange, error) {
 	}
 }
 
-func (c *conn) disarm() {
-	c.peekArmed = false
-	c.brFlush.enabled.Store(true)
-}
-
-// watchBackend peeks at the backend on request of next.
-func (c *conn) watchBackend() {
-	for range c.peekReq {
-		_, err := c.br.Peek(1)
-		c.peekRes <- err
+// wake interrupts the response side's read of the backend in next, if it
+// is waiting there, with a read deadline in the past (which next clears).
+// The request side calls it after queueing an exchange the backend will
+// not answer, and once it is done.
+func (c *conn) wake() {
+	c.idle.mu.Lock()
+	defer c.idle.mu.Unlock()
+	if c.idle.waiting && !c.idle.woken {
+		c.idle.woken = true
+		_ = c.backend.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -120,15 +143,6 @@ func (c *conn) watchBackend() {
 // included. more reports whether the connection goes on; tunnel that an
 // upgrade took effect.
 func (c *conn) relayResponse(e *exchange) (more, tunnel bool, err error) {
-	if c.peekArmed {
-		// Answers of the proxy's may be buffered; the backend's answer
-		// can take its time.
-		if err := c.cw.Flush(); err != nil {
-			return false, false, c.ioError("writing to the client", err)
-		}
-		<-c.peekRes // the head is read next; an error repeats there
-		c.disarm()
-	}
 	r := &c.resp
 	method := e.rec.HTTP.Method
 	wrote := false // whether anything of this response reached the client
