@@ -122,7 +122,7 @@ func main() {
 	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "markdown file whose results section is rewritten")
 	flag.BoolVar(&c.noDoc, "no-doc", false, "do not touch the markdown file")
 	flag.StringVar(&c.results, "results", ".cache/bench/results.json", "raw results (JSON)")
-	flag.StringVar(&c.pprofDir, "pprof", "", "if set, save node proxy CPU profiles of the Palisade runs and a heap profile here")
+	flag.StringVar(&c.pprofDir, "pprof", "", "if set, save node proxy CPU profiles of the Palisade runs (the first fortio round of each Palisade path) and a heap profile here")
 	flag.DurationVar(&c.iperfTime, "iperf-time", 10*time.Second, "duration of each iperf3 run")
 	flag.DurationVar(&c.fortioTime, "fortio-time", 21*time.Second, "measured fortio time per path, split into rounds")
 	flag.IntVar(&c.rounds, "rounds", 3, "fortio rounds per path, taking turns across the paths")
@@ -463,12 +463,12 @@ func run(ctx context.Context, c config) (err error) {
 		for i := range c.rounds {
 			for _, s := range latency {
 				var prof *profiler
-				if s.Key == "palisade" && c.pprofDir != "" && i == 0 && pc == bursts {
+				if s.Palisade && c.pprofDir != "" && i == 0 && pc == bursts {
 					prof = &profiler{l: l, dir: c.pprofDir}
 				}
 				var r fortioResult
 				err := check(s, "fortio", load.Conns, func() (*fortioResult, error) {
-					prof.start(ctx, "fortio", round)
+					prof.start(ctx, "fortio-"+s.Key, round)
 					var err error
 					r, err = runFortio(ctx, l, s.Client, s.URL, load, 0, round, s.Procs, procRef{})
 					prof.wait()
