@@ -61,7 +61,6 @@ func TestStreamTaker(t *testing.T) {
 	payload := randomBytes(t, 3<<20)
 	type got struct {
 		n   int
-		sum [32]byte
 		err error
 	}
 	taken := make(chan got, 1)
