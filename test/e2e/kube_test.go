@@ -209,7 +209,11 @@ func TestKubernetesControlPlane(t *testing.T) {
 	})
 	t.Logf("enrolled %s after the label", time.Since(labelled).Round(time.Millisecond))
 	eventually(t, 30*time.Second, "client reaches web over HBONE", func() error {
-		if code, _ := curl(t, l, "demo/client", webURL+"/after"); code != 200 {
+		code, _, err := tryCurl(l, "demo/client", webURL+"/after")
+		if err != nil {
+			return err // a connection the change closed
+		}
+		if code != 200 {
 			return fmt.Errorf("HTTP %d", code)
 		}
 		for _, f := range flows(t, node2) {
@@ -253,7 +257,11 @@ spec:
 		t.Fatalf("apply L7Policy: %v\n%s", err, out)
 	}
 	eventually(t, 10*time.Second, "the policy is enforced", func() error {
-		if code, _ := curl(t, l, "demo/client", webURL+"/private"); code != 403 {
+		code, _, err := tryCurl(l, "demo/client", webURL+"/private")
+		if err != nil {
+			return err // a connection the change closed
+		}
+		if code != 403 {
 			return fmt.Errorf("GET /private: HTTP %d, want 403", code)
 		}
 		return nil
@@ -303,7 +311,11 @@ spec:
 		t.Fatalf("apply CNP: %v\n%s", err, out)
 	}
 	eventually(t, 10*time.Second, "the CNP's HTTP rule is enforced", func() error {
-		if code, _ := curl(t, l, "demo/client", webURL+"/cnp/x"); code != 200 {
+		code, _, err := tryCurl(l, "demo/client", webURL+"/cnp/x")
+		if err != nil {
+			return err // a connection the change closed
+		}
+		if code != 200 {
 			return fmt.Errorf("GET /cnp/x: HTTP %d, want 200 (allowed by the CNP)", code)
 		}
 		return nil

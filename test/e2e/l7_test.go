@@ -241,18 +241,29 @@ func testTool(t *testing.T, name, pkg string) string {
 // curl runs curl in the pod and returns the HTTP status and body.
 func curl(t *testing.T, l *lab.Lab, pod string, args ...string) (int, string) {
 	t.Helper()
+	code, body, err := tryCurl(l, pod, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, body
+}
+
+// tryCurl is curl returning curl's failure instead of failing the test:
+// for polling while a policy or an enrollment changes, when a connection
+// the change closes is expected.
+func tryCurl(l *lab.Lab, pod string, args ...string) (int, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	args = append([]string{"curl", "-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"}, args...)
 	out, err := l.Exec(ctx, pod, args...)
 	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		return 0, "", fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	s := strings.TrimRight(string(out), "\n")
 	i := strings.LastIndexByte(s, '\n')
 	var code int
 	fmt.Sscan(s[i+1:], &code)
-	return code, s[:max(i, 0)]
+	return code, s[:max(i, 0)], nil
 }
 
 // requests fetches node's L7 request records.
