@@ -9,15 +9,24 @@ import (
 	"github.com/palisade-net/palisade/pkg/hbone"
 )
 
-// copyBufSize is the size of the buffers used to move bytes between the two
-// halves of a proxied connection. 32 KiB matches io.Copy's default while
-// letting us pool the buffers (io.Copy allocates one per call).
-const copyBufSize = 32 << 10
+// Buffers that move bytes between the two halves of a proxied connection.
+// Every connection starts with a small one (io.Copy's default size); a
+// direction whose reads fill it, a bulk transfer, moves to a large one:
+// fewer reads, wake-ups and tunnel writes per MiB, while the many mostly
+// idle connections hold only the small buffer. (io.Copy allocates its
+// buffer per call and never grows it.)
+const (
+	copyBufSize     = 32 << 10
+	bulkCopyBufSize = 256 << 10
+)
 
-type bufPool struct{ p sync.Pool }
+type bufPool struct{ small, bulk sync.Pool }
 
 func newBufPool() *bufPool {
-	return &bufPool{p: sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}}
+	return &bufPool{
+		small: sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }},
+		bulk:  sync.Pool{New: func() any { b := make([]byte, bulkCopyBufSize); return &b }},
+	}
 }
 
 type closeWriter interface{ CloseWrite() error }
@@ -56,9 +65,7 @@ func (bp *bufPool) copyHalf(dst, src net.Conn) (int64, error) {
 		// count includes those bytes.
 		n, err = hc.WriteTo(dst)
 	default:
-		buf := bp.p.Get().(*[]byte)
-		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *buf)
-		bp.p.Put(buf)
+		n, err = bp.copy(dst, src)
 	}
 	if cw, ok := dst.(closeWriter); ok {
 		if cerr := cw.CloseWrite(); cerr != nil {
@@ -80,11 +87,38 @@ func (bp *bufPool) copyHalf(dst, src net.Conn) (int64, error) {
 	return n, err
 }
 
-// readerOnly and writerOnly hide ReadFrom/WriteTo so that CopyBuffer uses
-// our pooled buffer (TCPConn.ReadFrom would otherwise use splice or its own
-// buffer, which is fine for TCP↔TCP but not for the TLS/HTTP2 side).
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
+// copy copies src to dst until EOF (a nil error) or a failure, with a
+// pooled buffer that grows to bulkCopyBufSize once a read fills it.
+func (bp *bufPool) copy(dst io.Writer, src io.Reader) (int64, error) {
+	pool := &bp.small
+	buf := pool.Get().(*[]byte)
+	defer func() { pool.Put(buf) }()
+	var total int64
+	for {
+		nr, rerr := src.Read(*buf)
+		if nr > 0 {
+			nw, werr := dst.Write((*buf)[:nr])
+			total += int64(nw)
+			if werr != nil {
+				return total, werr
+			}
+			if nw != nr {
+				return total, io.ErrShortWrite
+			}
+			if nr == len(*buf) && pool == &bp.small {
+				pool.Put(buf)
+				pool = &bp.bulk
+				buf = pool.Get().(*[]byte)
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
 
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)

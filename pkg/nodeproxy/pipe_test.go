@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -114,5 +115,71 @@ func TestPipeOverHBONE(t *testing.T) {
 	r := <-done
 	if r.ab != int64(len(req)) || r.ba != int64(len(resp)) {
 		t.Fatalf("counted %d/%d, want %d/%d", r.ab, r.ba, len(req), len(resp))
+	}
+}
+
+// sizedReader serves data in reads of at most chunk bytes and records the
+// buffer size each Read was offered.
+type sizedReader struct {
+	data   []byte
+	chunk  int
+	offers []int
+}
+
+func (r *sizedReader) Read(p []byte) (int, error) {
+	r.offers = append(r.offers, len(p))
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.chunk)], r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// TestCopyGrowsForBulk checks the relay's buffer: connections start with a
+// small one and move to the bulk one only once a read fills it, and every
+// byte arrives in order either way.
+func TestCopyGrowsForBulk(t *testing.T) {
+	data := make([]byte, 1<<20+123)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	for _, tc := range []struct {
+		name  string
+		chunk int // bytes per read the source has ready
+		grows bool
+	}{
+		{"small reads stay small", 1500, false},
+		{"reads just under the buffer stay small", copyBufSize - 1, false},
+		{"a full read grows", copyBufSize, true},
+		{"bulk source", 1 << 20, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &sizedReader{data: data, chunk: tc.chunk}
+			var dst bytes.Buffer
+			n, err := newBufPool().copy(&dst, src)
+			if err != nil || n != int64(len(data)) || !bytes.Equal(dst.Bytes(), data) {
+				t.Fatalf("copied %d bytes (%v), equal %v; want %d", n, err, bytes.Equal(dst.Bytes(), data), len(data))
+			}
+			if src.offers[0] != copyBufSize {
+				t.Errorf("first read offered %d bytes, want %d", src.offers[0], copyBufSize)
+			}
+			last := src.offers[len(src.offers)-1]
+			if want := map[bool]int{false: copyBufSize, true: bulkCopyBufSize}[tc.grows]; last != want {
+				t.Errorf("last read offered %d bytes, want %d (offers %v)", last, want, src.offers)
+			}
+		})
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("peer gone") }
+
+// TestCopyWriteError: a failed write ends the copy with that error.
+func TestCopyWriteError(t *testing.T) {
+	src := &sizedReader{data: make([]byte, 100), chunk: 100}
+	if n, err := newBufPool().copy(failingWriter{}, src); err == nil || n != 0 {
+		t.Fatalf("copy to a failing writer: %d bytes, %v; want 0 and its error", n, err)
 	}
 }
