@@ -76,6 +76,8 @@ type config struct {
 	enrollPods   int
 	enrollRounds int
 	ebpfRounds   int
+	// telemetryRounds are the telemetry phase's off/on pairs.
+	telemetryRounds int
 }
 
 // Phases and paths that --phases and --paths select from.
@@ -144,6 +146,7 @@ func main() {
 	flag.DurationVar(&c.goBenchTime, "gobench-time", time.Second, "-test.benchtime of each Go benchmark run")
 	flag.StringVar(&c.kubeBinDir, "kube-bin-dir", ".cache/test-bin", "directory of kube-apiserver and etcd (make kube), for the enroll phase")
 	flag.IntVar(&c.enrollPods, "enroll-pods", 200, "pods of the enroll phase, spread over its two nodes")
+	flag.IntVar(&c.telemetryRounds, "telemetry-rounds", 6, "maximum-rate rounds of the telemetry phase, each one run with the node proxies' telemetry off and one on (ABBA order)")
 	flag.IntVar(&c.ebpfRounds, "ebpf-rounds", 7, "iperf3 rounds of the ebpf phase, each one run without and one with the programs (ABBA order)")
 	flag.IntVar(&c.enrollRounds, "enroll-rounds", 3, "label/unlabel rounds of the enroll phase (the median is reported)")
 	flag.Parse()
@@ -182,8 +185,8 @@ func run(ctx context.Context, c config) (err error) {
 	if c.enrollPods < 2 || c.enrollRounds < 1 {
 		return errors.New("--enroll-pods must be at least 2 and --enroll-rounds at least 1")
 	}
-	if c.ebpfRounds < 1 {
-		return errors.New("--ebpf-rounds must be at least 1")
+	if c.ebpfRounds < 1 || c.telemetryRounds < 1 {
+		return errors.New("--ebpf-rounds and --telemetry-rounds must be at least 1")
 	}
 	for _, p := range []*string{&c.binDir, &c.toolsDir, &c.doc, &c.results, &c.pprofDir, &c.kubeBinDir} {
 		if *p != "" {
@@ -613,12 +616,18 @@ func run(ctx context.Context, c config) (err error) {
 		if err != nil {
 			return err
 		}
-		for round := range c.rounds {
-			for _, on := range []bool{false, true} {
+		for round := range c.telemetryRounds {
+			// ABBA order, as in the eBPF phase: a drift of the host over
+			// the runs weighs on both sides alike.
+			order := []bool{false, true}
+			if round%2 == 1 {
+				order = []bool{true, false}
+			}
+			for _, on := range order {
 				if err := setTelemetry(ctx, l, on); err != nil {
 					return err
 				}
-				logf("telemetry %v, round %d/%d: fortio at a %d qps target, %d connections, %s", on, round+1, c.rounds, c.maxLoad.QPS, c.maxLoad.Conns, c.maxTime)
+				logf("telemetry %v, round %d/%d: fortio at a %d qps target, %d connections, %s", on, round+1, c.telemetryRounds, c.maxLoad.QPS, c.maxLoad.Conns, c.maxTime)
 				var r fortioResult
 				measure := func() (*fortioResult, error) {
 					var err error
@@ -659,8 +668,8 @@ func run(ctx context.Context, c config) (err error) {
 			return err
 		}
 		res.Telemetry = tr
-		logf("telemetry cost: %.1f%% qps, %+.1f%% p50, %+.1f%% p99; flow records written %.0f, dropped %.0f",
-			tr.QPSCostPercent, tr.P50CostPercent, tr.P99CostPercent, tr.RecordsWritten, tr.RecordsDropped)
+		logf("telemetry cost: %.1f%% qps (paired %.1f%%), %+.1f%% p50, %+.1f%% p99; flow records written %.0f, dropped %.0f",
+			tr.QPSCostPercent, tr.PairedQPSCostPercent, tr.P50CostPercent, tr.P99CostPercent, tr.RecordsWritten, tr.RecordsDropped)
 		pol.setExtra("")
 		if err := pol.ensure(ctx, 0); err != nil {
 			return err

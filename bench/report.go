@@ -236,8 +236,8 @@ func (r *results) evaluate() {
 		r.Targets = append(r.Targets, target{
 			Name: "Metrics plus flow logging at full rate cost under 5% (throughput and latency)",
 			Met:  worst < 5 && t.RecordsWritten > 0 && t.RecordsDropped == 0,
-			Result: fmt.Sprintf("%.1f%% qps, %+.1f%% p50, %+.1f%% p99; %.0f flow records written, %.0f dropped",
-				t.QPSCostPercent, t.P50CostPercent, t.P99CostPercent, t.RecordsWritten, t.RecordsDropped),
+			Result: fmt.Sprintf("%.1f%% qps, %+.1f%% p50, %+.1f%% p99 (medians of %d ABBA rounds; median of the rounds' own qps costs %.1f%%); %.0f flow records written, %.0f dropped",
+				t.QPSCostPercent, t.P50CostPercent, t.P99CostPercent, len(t.OffQPS), t.PairedQPSCostPercent, t.RecordsWritten, t.RecordsDropped),
 		})
 	}
 }

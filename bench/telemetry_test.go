@@ -17,13 +17,17 @@ func TestTelemetrySummary(t *testing.T) {
 	if r.QPSCostPercent != 3 || r.P50CostPercent < 4.99 || r.P50CostPercent > 5.01 || r.P99CostPercent != -10 {
 		t.Fatalf("costs %v %v %v, want 3, 5, -10", r.QPSCostPercent, r.P50CostPercent, r.P99CostPercent)
 	}
+	// The rounds' own costs: 3.0, 2.94, 3.06 %.
+	if r.PairedQPSCostPercent < 2.99 || r.PairedQPSCostPercent > 3.01 {
+		t.Errorf("paired qps cost %v, want 3.0 (the median of the rounds' own costs)", r.PairedQPSCostPercent)
+	}
 	res := &results{Telemetry: r, MaxLoad: loadSpec{QPS: 20000, Conns: 64}}
 	res.evaluate()
 	if len(res.Targets) != 1 || res.Targets[0].Met {
 		t.Errorf("targets %+v: a 5%% p50 cost must not meet the under-5%% target", res.Targets)
 	}
 	md := r.markdown(res.MaxLoad)
-	for _, want := range []string{"| off | 10000 |", "| on | 9700 |", "3.0% throughput", "written during the on rounds: 123"} {
+	for _, want := range []string{"| off | 10000 |", "| on | 9700 |", "3.0% throughput", "3 rounds", "own throughput costs 3.0%", "written during the on rounds: 123"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
