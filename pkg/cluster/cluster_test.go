@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -144,5 +145,46 @@ func TestFileSourceWatch(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "README"), []byte("not yaml"), 0o644)
 	if _, err := Load(dir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFileSourceDigest: the poll's hash follows the files' names and
+// contents (an in-place edit of the same size included) and reads them
+// with the caller's buffer, not a new one per file and poll.
+func TestFileSourceDigest(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	for _, p := range []string{a, b} {
+		if err := os.WriteFile(p, []byte(strings.Repeat("x", 40<<10)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := &FileSource{Paths: []string{dir}}
+	buf := make([]byte, 32<<10)
+	d1, err := src.digest(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2, _ := src.digest(buf); d2 != d1 {
+		t.Fatal("digest of unchanged files changed")
+	}
+	if err := os.WriteFile(b, []byte(strings.Repeat("x", 40<<10-1)+"y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if d3, _ := src.digest(buf); d3 == d1 {
+		t.Fatal("digest missed an in-place edit of the same size")
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const polls = 50
+	for range polls {
+		if _, err := src.digest(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// Two files of 40 KiB: a 32 KiB buffer per file would be 64 KiB a poll.
+	if per := (after.TotalAlloc - before.TotalAlloc) / polls; per > 8<<10 {
+		t.Errorf("a poll allocates %d bytes; want the reads to use the caller's buffer", per)
 	}
 }

@@ -34,7 +34,10 @@ func (f *FileSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	sum, err := f.digest()
+	// One buffer for every poll's reads: the poll runs five times a
+	// second, for as long as the process lives.
+	buf := make([]byte, 32<<10)
+	sum, err := f.digest(buf)
 	if err != nil {
 		return err
 	}
@@ -52,7 +55,7 @@ func (f *FileSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 			return nil
 		case <-t.C:
 		}
-		next, err := f.digest()
+		next, err := f.digest(buf)
 		if err == nil && next == sum {
 			continue
 		}
@@ -73,7 +76,8 @@ func (f *FileSource) Run(ctx context.Context, onChange func(*Snapshot)) error {
 	}
 }
 
-func (f *FileSource) digest() ([32]byte, error) {
+// digest hashes the names and contents of the files, reading with buf.
+func (f *FileSource) digest(buf []byte) ([32]byte, error) {
 	h := sha256.New()
 	files, err := expand(f.Paths)
 	if err != nil {
@@ -84,15 +88,18 @@ func (f *FileSource) digest() ([32]byte, error) {
 		if err != nil {
 			return [32]byte{}, fmt.Errorf("cluster source: %w", err)
 		}
-		fmt.Fprintf(h, "%s\x00", name)
-		_, err = io.Copy(h, fh)
+		io.WriteString(h, name)
+		h.Write([]byte{0})
+		// Hiding (*os.File).WriteTo makes CopyBuffer use buf; WriteTo
+		// would allocate a buffer of its own per call.
+		_, err = io.CopyBuffer(h, struct{ io.Reader }{fh}, buf)
 		fh.Close()
 		if err != nil {
 			return [32]byte{}, fmt.Errorf("cluster source %s: %w", name, err)
 		}
 	}
 	var out [32]byte
-	copy(out[:], h.Sum(nil))
+	h.Sum(out[:0])
 	return out, nil
 }
 
