@@ -183,3 +183,41 @@ func TestCopyWriteError(t *testing.T) {
 		t.Fatalf("copy to a failing writer: %d bytes, %v; want 0 and its error", n, err)
 	}
 }
+
+// TestInspectedBackendFinishesOnce: an inspected inbound connection's flow
+// is finished exactly once, by the inspector when the HBONE server hands
+// over the stream, or by Close when the backend is closed before that (a
+// client reset or a policy change first); a stream arriving after that
+// Close is not taken.
+func TestInspectedBackendFinishesOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		closeFirst  bool
+		wantTake    int
+		wantUntaken int
+	}{
+		{name: "taken, then closed", wantTake: 1},
+		{name: "closed before the stream came", closeFirst: true, wantUntaken: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			app, peer := net.Pipe()
+			defer peer.Close()
+			var took, untaken int
+			b := &inspectedBackend{countedConn: &countedConn{Conn: app}}
+			b.take = func(*hbone.Stream) { took++ }
+			b.untaken = func() { untaken++ }
+			if tc.closeFirst {
+				b.Close()
+			}
+			b.TakeStream(nil)
+			b.Close()
+			b.Close()
+			if took != tc.wantTake || untaken != tc.wantUntaken {
+				t.Fatalf("take ran %d times, untaken %d; want %d and %d", took, untaken, tc.wantTake, tc.wantUntaken)
+			}
+			if _, err := peer.Read(make([]byte, 1)); err == nil {
+				t.Error("app connection still open after Close")
+			}
+		})
+	}
+}

@@ -674,6 +674,13 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 		p.live.remove(a)
 		p.finish(&f, sent, recv, a)
 	}
+	backend.untaken = func() {
+		// Closed before the HBONE server handed over the stream (the
+		// client reset it first, or the policy changed): no inspector
+		// ran to finish the flow.
+		p.live.remove(a)
+		p.finish(&f, 0, 0, a)
+	}
 	a.end = func(reason string) {
 		a.revoke(reason)
 		if s := backend.stream.Load(); s != nil {
@@ -684,7 +691,6 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 	p.opened(&f)
 	if !pp.register(a) {
 		backend.Close()
-		p.finish(&f, 0, 0, a)
 		return nil, http.StatusUnauthorized, fmt.Errorf("authorization denied: %s", *a.revoked.Load())
 	}
 	return backend, http.StatusOK, nil
@@ -695,14 +701,40 @@ func (pp *podProxy) connectInbound(ctx context.Context, req *hbone.Request) (net
 // (hbone.StreamTaker) and it runs the connection's inspector between the
 // stream and the app, in the stream's goroutine, which the HBONE server
 // waits for when it shuts down.
+// Exactly one of take and untaken runs: take when the stream is handed
+// over, untaken when the backend is closed before that.
 type inspectedBackend struct {
 	*countedConn
-	take   func(s *hbone.Stream)
-	stream atomic.Pointer[hbone.Stream] // once taken
+	take    func(s *hbone.Stream)
+	untaken func()
+	state   atomic.Int32                 // backendNew, backendTaken or backendClosedUntaken
+	stream  atomic.Pointer[hbone.Stream] // once taken
 }
 
-// TakeStream implements hbone.StreamTaker.
-func (b *inspectedBackend) TakeStream(s *hbone.Stream) { b.take(s) }
+// inspectedBackend states.
+const (
+	backendNew int32 = iota
+	backendTaken
+	backendClosedUntaken
+)
+
+// TakeStream implements hbone.StreamTaker. A backend already closed does
+// not take the stream (the server then ends it).
+func (b *inspectedBackend) TakeStream(s *hbone.Stream) {
+	if b.state.CompareAndSwap(backendNew, backendTaken) {
+		b.take(s)
+	}
+}
+
+// Close closes the app connection; before the stream was taken it also
+// finishes the flow (untaken).
+func (b *inspectedBackend) Close() error {
+	err := b.countedConn.Close()
+	if b.state.CompareAndSwap(backendNew, backendClosedUntaken) {
+		b.untaken()
+	}
+	return err
+}
 
 // register adds a to the live connections and re-checks it against the
 // policy now current: a policy that arrived between the decision and the
