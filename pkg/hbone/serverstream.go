@@ -39,6 +39,7 @@ type serverStream struct {
 	backend     net.Conn      // mu
 	sink        TryWriter     // mu: the backend, when it can be written without blocking
 	upWriting   bool          // mu: upstream is writing bytes it took from recv
+	closing     bool          // mu: a Stream's Close began; writeData no longer waits for flow control
 	rstSent     bool          // guarded by the write lock (sc.w)
 	_           [0]sync.Mutex // not copyable
 }
@@ -239,7 +240,7 @@ func (st *serverStream) writeData(p []byte, end bool) error {
 	sc := st.sc
 	for {
 		sc.mu.Lock()
-		for st.err == nil && !sc.closed && len(p) > 0 && (st.sendWindow <= 0 || sc.sendWindow <= 0) {
+		for st.err == nil && !sc.closed && !st.closing && len(p) > 0 && (st.sendWindow <= 0 || sc.sendWindow <= 0) {
 			sc.sendCond.Wait()
 		}
 		if st.err != nil {
@@ -250,6 +251,12 @@ func (st *serverStream) writeData(p []byte, end bool) error {
 		if sc.closed {
 			sc.mu.Unlock()
 			return errConnClosed
+		}
+		if len(p) > 0 && (st.sendWindow <= 0 || sc.sendWindow <= 0) {
+			// st.closing: a Stream's Close does not wait for the client
+			// to make room.
+			sc.mu.Unlock()
+			return errStreamClosing
 		}
 		n := min(int64(len(p)), st.sendWindow, sc.sendWindow)
 		st.sendWindow -= n
@@ -348,7 +355,7 @@ func (st *serverStream) abort(err error, rstBackend, sendRST bool, code http2.Er
 	connInc := sc.creditConnLocked(int64(st.recv.discard(sc.srv.bufs)))
 	st.closeLocked()
 	backend := st.backend
-	st.recvCond.Signal()
+	st.recvCond.Broadcast()
 	sc.sendCond.Broadcast()
 	sc.mu.Unlock()
 

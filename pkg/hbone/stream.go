@@ -36,11 +36,12 @@ type StreamTaker interface {
 // wrapping errors.ErrUnsupported. Writes are serialized; one goroutine may
 // read while others write.
 type Stream struct {
-	st     *serverStream
-	local  net.Addr
-	remote net.Addr
-	wmu    sync.Mutex // serializes Write and CloseWrite
-	closed bool       // guarded by st.sc.mu
+	st        *serverStream
+	local     net.Addr
+	remote    net.Addr
+	wmu       sync.Mutex // serializes Write and CloseWrite
+	truncated bool       // guarded by wmu: a Write gave up for Close with bytes unsent
+	closed    bool       // guarded by st.sc.mu
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -50,6 +51,21 @@ var errStreamClosed = fmt.Errorf("hbone: stream: %w", net.ErrClosed)
 
 // errDeadlines is what the deadline setters return.
 var errDeadlines = fmt.Errorf("hbone: stream deadlines: %w", errors.ErrUnsupported)
+
+// errStreamClosing is what writeData returns when it would wait for flow
+// control after a Stream's Close began.
+var errStreamClosing = errors.New("hbone: stream closed while a write waited for flow control")
+
+// ended wraps why the stream ended for a caller of Read or Write: as
+// net.ErrClosed too, so that a client's reset or the connection's end reads
+// as a closed connection (as a reset socket would to a relay), with the
+// cause still in the chain.
+func ended(op string, err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("hbone: stream %s: %w", op, err)
+	}
+	return fmt.Errorf("hbone: stream %s: %w: %w", op, net.ErrClosed, err)
+}
 
 // Read reads bytes the client sent; io.EOF after its END_STREAM.
 func (s *Stream) Read(p []byte) (int, error) {
@@ -74,7 +90,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 		case st.err != nil:
 			err := st.err
 			sc.mu.Unlock()
-			return 0, fmt.Errorf("hbone: stream read: %w", err)
+			return 0, ended("read", err)
 		case st.recvDone:
 			sc.mu.Unlock()
 			return 0, io.EOF
@@ -99,7 +115,10 @@ func (s *Stream) Write(p []byte) (int, error) {
 	}
 	if err := s.st.writeData(p, false); err != nil {
 		// writeData reports no partial count; the stream is unusable.
-		return 0, fmt.Errorf("hbone: stream write: %w", err)
+		if errors.Is(err, errStreamClosing) {
+			s.truncated = true
+		}
+		return 0, ended("write", err)
 	}
 	return len(p), nil
 }
@@ -113,7 +132,7 @@ func (s *Stream) writable() error {
 	case s.closed:
 		return errStreamClosed
 	case s.st.err != nil:
-		return fmt.Errorf("hbone: stream write: %w", s.st.err)
+		return ended("write", s.st.err)
 	case s.st.sentEnd:
 		return fmt.Errorf("hbone: stream write: %w", errWriteAfterCloseWrite)
 	}
@@ -136,7 +155,7 @@ func (s *Stream) closeWriteLocked() error {
 	case s.st.err != nil:
 		err := s.st.err
 		sc.mu.Unlock()
-		return fmt.Errorf("hbone: stream close write: %w", err)
+		return ended("close write", err)
 	case s.st.sentEnd:
 		sc.mu.Unlock()
 		return nil
@@ -151,9 +170,11 @@ func (s *Stream) closeWriteLocked() error {
 // Close ends the stream: END_STREAM unless CloseWrite sent it, then, if
 // the client has not ended its side, RST_STREAM NO_ERROR, which tells it to
 // stop sending while what it was sent stays readable. Bytes the client
-// sent that were not read are dropped. A Close during a Write resets the
-// stream (RST_STREAM CANCEL) and fails the Write. Close is safe to call more
-// than once; after it, Read and Write fail with net.ErrClosed. The backend
+// sent that were not read are dropped (and returned to the connection's
+// flow-control window). A Write waiting for flow control when Close is
+// called fails, and the stream is reset (RST_STREAM CANCEL) instead, as
+// its bytes cannot all be delivered. Close is safe to call more than
+// once; after it, Read and Write fail with net.ErrClosed. The backend
 // stays open until TakeStream returns.
 func (s *Stream) Close() error {
 	st := s.st
@@ -164,18 +185,22 @@ func (s *Stream) Close() error {
 		return nil
 	}
 	s.closed = true
+	st.closing = true
+	connInc := sc.creditConnLocked(int64(st.recv.discard(sc.srv.bufs)))
 	st.recvCond.Broadcast()
+	sc.sendCond.Broadcast()
 	sc.mu.Unlock()
+	sc.writeWindowUpdates(0, connInc, 0)
 
-	if !s.wmu.TryLock() {
-		// A write is under way (perhaps waiting for flow control): the
-		// stream cannot end cleanly after it, so it ends now, reset, as a
-		// TCP connection closed under a blocked write would.
+	// A Write under way finishes what flow control allows now, or gives
+	// up (truncated).
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.truncated {
 		s.abort(http2.ErrCodeCancel)
 		return nil
 	}
 	err := s.closeWriteLocked()
-	s.wmu.Unlock()
 	// Only the client's side may still be open.
 	s.abort(http2.ErrCodeNo)
 	if err != nil && !errors.Is(err, errStreamReset) {

@@ -228,6 +228,54 @@ func TestStreamTakerEnds(t *testing.T) {
 		await(t, backendClosed, "the backend to close")
 	})
 
+	t.Run("unread bytes return to the connection window", func(t *testing.T) {
+		// Streams that end with bytes their taker never read must give
+		// them back to the connection's window (16 MiB), or the streams
+		// after them stall: 6 × 3 MiB left unread would exceed it.
+		clientDone, stop := make(chan struct{}), make(chan struct{})
+		e, _ := takerEnv(t, func(s *Stream) {
+			io.ReadFull(s, make([]byte, 1))
+			select {
+			case <-clientDone:
+			case <-stop:
+				return
+			}
+			time.Sleep(100 * time.Millisecond) // let the client's END_STREAM arrive
+			s.CloseWrite()
+		})
+		t.Cleanup(func() { close(stop) }) // before the server's cleanup waits for the taker
+		streams := make(chan int, 8)
+		go func() {
+			defer close(streams)
+			for i := range 7 {
+				c := e.mustDial("127.0.0.1:9")
+				if _, err := c.Write(make([]byte, 3<<20)); err != nil {
+					return
+				}
+				c.CloseWrite()
+				clientDone <- struct{}{}
+				io.ReadAll(c)
+				c.Close()
+				streams <- i
+			}
+		}()
+		done := 0
+		for {
+			select {
+			case _, ok := <-streams:
+				if !ok {
+					if done != 7 {
+						t.Fatalf("%d of 7 streams done", done)
+					}
+					return
+				}
+				done++
+			case <-time.After(30 * time.Second):
+				t.Fatalf("stream %d stalled: the connection window was not returned", done)
+			}
+		}
+	})
+
 	t.Run("deadlines", func(t *testing.T) {
 		done := make(chan []error, 1)
 		e, _ := takerEnv(t, func(s *Stream) {

@@ -12,9 +12,10 @@ import (
 // Buffers that move bytes between the two halves of a proxied connection.
 // Every connection starts with a small one (io.Copy's default size); a
 // direction whose reads fill it, a bulk transfer, moves to a large one:
-// fewer reads, wake-ups and tunnel writes per MiB, while the many mostly
-// idle connections hold only the small buffer. (io.Copy allocates its
-// buffer per call and never grows it.)
+// fewer reads, wake-ups and tunnel writes per MiB. It moves back once a
+// read returns no more than the small buffer holds (the burst is over), so
+// that the many mostly idle connections wait in Read with the small one.
+// (io.Copy allocates its buffer per call and never changes its size.)
 const (
 	copyBufSize     = 32 << 10
 	bulkCopyBufSize = 256 << 10
@@ -88,7 +89,8 @@ func (bp *bufPool) copyHalf(dst, src net.Conn) (int64, error) {
 }
 
 // copy copies src to dst until EOF (a nil error) or a failure, with a
-// pooled buffer that grows to bulkCopyBufSize once a read fills it.
+// pooled buffer that grows to bulkCopyBufSize once a read fills it and
+// shrinks again after a read the small one would have held.
 func (bp *bufPool) copy(dst io.Writer, src io.Reader) (int64, error) {
 	pool := &bp.small
 	buf := pool.Get().(*[]byte)
@@ -105,9 +107,14 @@ func (bp *bufPool) copy(dst io.Writer, src io.Reader) (int64, error) {
 			if nw != nr {
 				return total, io.ErrShortWrite
 			}
-			if nr == len(*buf) && pool == &bp.small {
+			switch {
+			case pool == &bp.small && nr == len(*buf):
 				pool.Put(buf)
 				pool = &bp.bulk
+				buf = pool.Get().(*[]byte)
+			case pool == &bp.bulk && nr <= copyBufSize:
+				pool.Put(buf)
+				pool = &bp.small
 				buf = pool.Get().(*[]byte)
 			}
 		}

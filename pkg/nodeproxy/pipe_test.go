@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -151,8 +152,9 @@ func TestCopyGrowsForBulk(t *testing.T) {
 	}{
 		{"small reads stay small", 1500, false},
 		{"reads just under the buffer stay small", copyBufSize - 1, false},
-		{"a full read grows", copyBufSize, true},
 		{"bulk source", 1 << 20, true},
+		// Full small reads grow the buffer; the next, no larger, shrinks it.
+		{"a full read grows, a small one shrinks", copyBufSize, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := &sizedReader{data: data, chunk: tc.chunk}
@@ -167,6 +169,9 @@ func TestCopyGrowsForBulk(t *testing.T) {
 			last := src.offers[len(src.offers)-1]
 			if want := map[bool]int{false: copyBufSize, true: bulkCopyBufSize}[tc.grows]; last != want {
 				t.Errorf("last read offered %d bytes, want %d (offers %v)", last, want, src.offers)
+			}
+			if tc.chunk >= copyBufSize && !slices.Contains(src.offers, bulkCopyBufSize) {
+				t.Errorf("reads that fill the small buffer never got the bulk one (offers %v)", src.offers)
 			}
 		})
 	}
@@ -187,8 +192,7 @@ func TestCopyWriteError(t *testing.T) {
 // TestInspectedBackendFinishesOnce: an inspected inbound connection's flow
 // is finished exactly once, by the inspector when the HBONE server hands
 // over the stream, or by Close when the backend is closed before that (a
-// client reset or a policy change first); a stream arriving after that
-// Close is not taken.
+// client reset or a policy change first).
 func TestInspectedBackendFinishesOnce(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -209,7 +213,9 @@ func TestInspectedBackendFinishesOnce(t *testing.T) {
 			if tc.closeFirst {
 				b.Close()
 			}
-			b.TakeStream(nil)
+			if !tc.closeFirst {
+				b.TakeStream(nil) // (a closed backend resets the stream it is given)
+			}
 			b.Close()
 			b.Close()
 			if took != tc.wantTake || untaken != tc.wantUntaken {

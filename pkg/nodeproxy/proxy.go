@@ -718,12 +718,15 @@ const (
 	backendClosedUntaken
 )
 
-// TakeStream implements hbone.StreamTaker. A backend already closed does
-// not take the stream (the server then ends it).
+// TakeStream implements hbone.StreamTaker. A backend already closed (by
+// a revocation, say) does not take the stream but resets it: the client
+// must not read a clean end of a connection that never reached the app.
 func (b *inspectedBackend) TakeStream(s *hbone.Stream) {
 	if b.state.CompareAndSwap(backendNew, backendTaken) {
 		b.take(s)
+		return
 	}
+	s.Reset("backend closed before the stream was taken")
 }
 
 // Close closes the app connection; before the stream was taken it also

@@ -53,7 +53,16 @@ const protocol = "http/1.1"
 type closeWriter interface{ CloseWrite() error }
 
 // Serve inspects one HTTP/1.1 connection; it is an l7.ServeFunc.
+//
+// The backend must support read deadlines (the response side's wait for
+// the next request is interrupted with one); without them Serve closes
+// both connections and returns an error.
 func Serve(ctx context.Context, client, backend net.Conn, s *l7.Session) error {
+	if err := backend.SetReadDeadline(time.Time{}); err != nil {
+		client.Close()
+		backend.Close()
+		return fmt.Errorf("http1: the backend connection has no read deadlines: %w", err)
+	}
 	c := newConn(client, backend, s)
 	stop := context.AfterFunc(ctx, c.abort)
 	defer stop()
