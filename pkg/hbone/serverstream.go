@@ -39,7 +39,7 @@ type serverStream struct {
 	backend     net.Conn      // mu
 	sink        TryWriter     // mu: the backend, when it can be written without blocking
 	upWriting   bool          // mu: upstream is writing bytes it took from recv
-	closing     bool          // mu: a Stream's Close began; writeData no longer waits for flow control
+	closing     bool          // mu: the Stream's Close began; its reads and writes fail, writeData no longer waits for flow control
 	rstSent     bool          // guarded by the write lock (sc.w)
 	_           [0]sync.Mutex // not copyable
 }
@@ -194,11 +194,7 @@ func (st *serverStream) upstream(backend net.Conn) {
 
 		sc.mu.Lock()
 		st.upWriting = false
-		connInc := sc.creditConnLocked(n)
-		var streamInc uint32
-		if !st.recvDone && st.err == nil {
-			streamInc = st.creditLocked(n)
-		}
+		connInc, streamInc := st.consumedLocked(n)
 		sc.mu.Unlock()
 		sc.writeWindowUpdates(st.id, connInc, streamInc)
 		if err != nil {
@@ -295,6 +291,17 @@ func (st *serverStream) writeData(p []byte, end bool) error {
 			return nil
 		}
 	}
+}
+
+// consumedLocked credits n bytes taken from recv to the windows and
+// returns the WINDOW_UPDATE increments due (none for the stream once the
+// client ended it or it was aborted).
+func (st *serverStream) consumedLocked(n int64) (connInc, streamInc uint32) {
+	connInc = st.sc.creditConnLocked(n)
+	if !st.recvDone && st.err == nil {
+		streamInc = st.creditLocked(n)
+	}
+	return connInc, streamInc
 }
 
 // creditLocked returns n consumed bytes to the stream window and reports the

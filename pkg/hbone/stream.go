@@ -41,7 +41,6 @@ type Stream struct {
 	remote    net.Addr
 	wmu       sync.Mutex // serializes Write and CloseWrite
 	truncated bool       // guarded by wmu: a Write gave up for Close with bytes unsent
-	closed    bool       // guarded by st.sc.mu
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -74,16 +73,12 @@ func (s *Stream) Read(p []byte) (int, error) {
 	sc.mu.Lock()
 	for {
 		switch {
-		case s.closed:
+		case st.closing:
 			sc.mu.Unlock()
 			return 0, errStreamClosed
 		case !st.recv.empty() && len(p) > 0:
 			n := st.recv.read(sc.srv.bufs, p)
-			connInc := sc.creditConnLocked(int64(n))
-			var streamInc uint32
-			if !st.recvDone && st.err == nil {
-				streamInc = st.creditLocked(int64(n))
-			}
+			connInc, streamInc := st.consumedLocked(int64(n))
 			sc.mu.Unlock()
 			sc.writeWindowUpdates(st.id, connInc, streamInc)
 			return n, nil
@@ -129,7 +124,7 @@ func (s *Stream) writable() error {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	switch {
-	case s.closed:
+	case s.st.closing:
 		return errStreamClosed
 	case s.st.err != nil:
 		return ended("write", s.st.err)
@@ -180,11 +175,10 @@ func (s *Stream) Close() error {
 	st := s.st
 	sc := st.sc
 	sc.mu.Lock()
-	if s.closed {
+	if st.closing {
 		sc.mu.Unlock()
 		return nil
 	}
-	s.closed = true
 	st.closing = true
 	connInc := sc.creditConnLocked(int64(st.recv.discard(sc.srv.bufs)))
 	st.recvCond.Broadcast()

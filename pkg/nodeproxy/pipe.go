@@ -95,6 +95,10 @@ func (bp *bufPool) copy(dst io.Writer, src io.Reader) (int64, error) {
 	pool := &bp.small
 	buf := pool.Get().(*[]byte)
 	defer func() { pool.Put(buf) }()
+	use := func(p *sync.Pool) {
+		pool.Put(buf)
+		pool, buf = p, p.Get().(*[]byte)
+	}
 	var total int64
 	for {
 		nr, rerr := src.Read(*buf)
@@ -109,13 +113,9 @@ func (bp *bufPool) copy(dst io.Writer, src io.Reader) (int64, error) {
 			}
 			switch {
 			case pool == &bp.small && nr == len(*buf):
-				pool.Put(buf)
-				pool = &bp.bulk
-				buf = pool.Get().(*[]byte)
+				use(&bp.bulk)
 			case pool == &bp.bulk && nr <= copyBufSize:
-				pool.Put(buf)
-				pool = &bp.small
-				buf = pool.Get().(*[]byte)
+				use(&bp.small)
 			}
 		}
 		if rerr == io.EOF {
