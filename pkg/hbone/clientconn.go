@@ -129,7 +129,7 @@ func newClientConn(p *Pool, key Key, tc *tls.Conn, raw *bufConn) (*clientConn, e
 	if t.ConnWindow > initialWindow {
 		cc.w.fr.WriteWindowUpdate(0, t.ConnWindow-initialWindow)
 	}
-	if err := cc.w.unlock(); err != nil {
+	if err := cc.w.unlockWait(); err != nil {
 		return nil, fmt.Errorf("hbone: HTTP/2 preface: %w", err)
 	}
 	cc.lastRead.Store(time.Now().UnixNano())
@@ -716,7 +716,7 @@ func (cc *clientConn) Shutdown(ctx context.Context) error {
 	}
 	cc.w.lock()
 	cc.w.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-	cc.w.unlock()
+	cc.w.unlockWait()
 	select {
 	case <-drained:
 		cc.closeNow(nil)
@@ -750,6 +750,9 @@ func (cc *clientConn) closeNow(reason error) {
 	cc.mu.Unlock()
 	if cc.timer != nil {
 		cc.timer.Stop()
+	}
+	if reason == nil {
+		cc.w.flushPending()
 	}
 	cc.w.closeConn()
 }

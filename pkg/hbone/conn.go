@@ -16,9 +16,9 @@ import (
 // whose CloseWrite sends END_STREAM (the server half-closes its backend) and
 // whose Close resets the stream if it is still open.
 //
-// Write frames and sends the bytes from the calling goroutine; it returns
-// once they are written to the TLS connection, waiting for HTTP/2 flow
-// control as needed. Read returns bytes the connection's read loop queued;
+// Write frames the bytes in the calling goroutine and writes them to the
+// TLS connection, or leaves them to the goroutine already writing there
+// (see frameWriter.release), waiting for HTTP/2 flow control as needed. Read returns bytes the connection's read loop queued;
 // WriteTo (used by io.Copy) lets the read loop write them straight into a
 // socket destination when the socket can take them (see TryWriter).
 //
@@ -196,8 +196,9 @@ func (c *Conn) drainSinkLocked() int64 {
 	return n
 }
 
-// Write sends p on the stream. It returns once all of p is written to the
-// TLS connection, which happens as flow control allows.
+// Write sends p on the stream. It returns once all of p is framed for the
+// TLS connection (written, or pending with the goroutine writing there),
+// which happens as flow control allows.
 func (c *Conn) Write(p []byte) (int, error) {
 	cc := c.cc
 	written := 0

@@ -367,24 +367,7 @@ func TestClientKeepsResponseAfterResetNoError(t *testing.T) {
 // TestBufConnBatchesRecords: one flush of frames larger than a TLS record
 // reaches the socket in one write.
 func TestBufConnBatchesRecords(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	bundle, _ := e.provider.GetX509BundleForTrustDomain(testTD)
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	cw := &countingConn{Conn: a}
-	raw := newBufConn(cw, newBatchPool())
-	client := tls.Client(raw, clientTLSConfig(e.svid(t, clientID), bundle, serverID))
-	server := tls.Server(b, serverTLSConfig(e.provider, serverID, testTD))
-	errc := make(chan error, 1)
-	go func() { errc <- server.Handshake() }()
-	if err := client.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	w, _ := newFrameWriter(client, raw, DefaultMaxFrameSize, 0)
+	w, cw, server := tlsPipeWriter(t)
 	data := randomBytes(t, 100<<10) // 7 records
 	got := make(chan []byte, 1)
 	go func() {
@@ -415,13 +398,165 @@ func TestBufConnBatchesRecords(t *testing.T) {
 	}
 }
 
+// tlsPipeWriter returns a frameWriter on the client side of a TLS
+// connection over net.Pipe (whose writes wait for the peer to read), the
+// socket under it, and the server side to read frames from.
+func tlsPipeWriter(t *testing.T) (*frameWriter, *countingConn, *tls.Conn) {
+	t.Helper()
+	e := newEnv(t, envOpts{})
+	bundle, _ := e.provider.GetX509BundleForTrustDomain(testTD)
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	cw := &countingConn{Conn: a}
+	raw := newBufConn(cw, newBatchPool())
+	client := tls.Client(raw, clientTLSConfig(e.svid(t, clientID), bundle, serverID))
+	server := tls.Server(b, serverTLSConfig(e.provider, serverID, testTD))
+	errc := make(chan error, 1)
+	go func() { errc <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	w, _ := newFrameWriter(client, raw, DefaultMaxFrameSize, 0)
+	return w, cw, server
+}
+
+// TestWriteCombining: while one goroutine writes a batch, the frames other
+// goroutines append leave with the next batch, in order and in one socket
+// write, and those goroutines do not wait for the socket (unless they ask
+// to, or too much is pending).
+func TestWriteCombining(t *testing.T) {
+	w, cw, server := tlsPipeWriter(t)
+	cw.entered = make(chan struct{}, 16)
+	before := cw.writes.Load() // the handshake's
+
+	appendAndRelease := func(id uint32, p []byte, wait bool) chan error {
+		done := make(chan error, 1)
+		go func() {
+			w.lock()
+			err := w.appendData(id, false, p, 16<<10)
+			if wait {
+				err = errors.Join(err, w.unlockWait())
+			} else {
+				err = errors.Join(err, w.unlock())
+			}
+			done <- err
+		}()
+		return done
+	}
+	pending := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.buf.b)
+	}
+	// waitAppended waits until more than n bytes are pending.
+	waitAppended := func(n int) {
+		for i := 0; pending() <= n; i++ {
+			if i == 10000 {
+				t.Fatal("frames were not appended")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	returned := func(done chan error) bool {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return true
+		case <-time.After(50 * time.Millisecond):
+			return false
+		}
+	}
+
+	// A writes and blocks in the socket: nobody reads the pipe yet.
+	doneA := appendAndRelease(1, []byte("a"), false)
+	<-cw.entered
+	// B appends and returns at once; A will write its frame.
+	doneB := appendAndRelease(3, []byte("b"), false)
+	select {
+	case err := <-doneB:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a goroutine waited for another's socket write instead of leaving its frames to it")
+	}
+	// C asks to wait until its frames are written.
+	n := pending()
+	doneC := appendAndRelease(5, []byte("c"), true)
+	waitAppended(n)
+	if returned(doneC) {
+		t.Fatal("unlockWait returned before its frames were written")
+	}
+	// D appends a full batch: it waits until the writer takes it.
+	big := randomBytes(t, maxWriteBatch)
+	doneD := appendAndRelease(7, big, false)
+	waitAppended(maxWriteBatch - 1)
+	if returned(doneD) {
+		t.Fatal("a writer returned with a full batch pending")
+	}
+
+	type frame struct {
+		id   uint32
+		data []byte
+	}
+	frames := make(chan frame, 64)
+	go func() {
+		fr := http2.NewFramer(nil, server)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				close(frames)
+				return
+			}
+			df := f.(*http2.DataFrame)
+			frames <- frame{df.StreamID, bytes.Clone(df.Data())}
+		}
+	}()
+	got := map[uint32][]byte{}
+	var order []uint32
+	for len(got[7]) < len(big) {
+		f, ok := <-frames
+		if !ok {
+			t.Fatal("connection ended early")
+		}
+		if len(order) == 0 || order[len(order)-1] != f.id {
+			order = append(order, f.id)
+		}
+		got[f.id] = append(got[f.id], f.data...)
+	}
+	for _, done := range []chan error{doneA, doneC, doneD} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fmt.Sprint(order) != "[1 3 5 7]" {
+		t.Errorf("streams' frames arrived in the order %v, want [1 3 5 7]", order)
+	}
+	if string(got[1]) != "a" || string(got[3]) != "b" || string(got[5]) != "c" || !bytes.Equal(got[7], big) {
+		t.Errorf("frames' payloads differ from what was appended")
+	}
+	// A's batch, then B's, C's and D's together.
+	if n := cw.writes.Load() - before; n != 2 {
+		t.Errorf("%d socket writes, want 2 (B's, C's and D's frames in one)", n)
+	}
+}
+
 type countingConn struct {
 	net.Conn
-	writes atomic.Int32
+	writes  atomic.Int32
+	entered chan struct{} // if not nil, gets a value as each write starts
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.writes.Add(1)
+	if c.entered != nil {
+		c.entered <- struct{}{}
+	}
 	return c.Conn.Write(p)
 }
 

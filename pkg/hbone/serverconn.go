@@ -148,7 +148,7 @@ func (sc *serverConn) readPreface() error {
 	if t.ConnWindow > initialWindow {
 		sc.w.fr.WriteWindowUpdate(0, t.ConnWindow-initialWindow)
 	}
-	if err := sc.w.unlock(); err != nil {
+	if err := sc.w.unlockWait(); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
 
@@ -606,7 +606,7 @@ func (sc *serverConn) startDrain() {
 	sc.w.lock()
 	sc.w.fr.WriteGoAway(maxWindow, http2.ErrCodeNo, nil)
 	sc.w.fr.WritePing(false, pingDrain)
-	if err := sc.w.unlock(); err != nil {
+	if err := sc.w.unlockWait(); err != nil {
 		sc.closeNow(err)
 	}
 }
@@ -623,7 +623,7 @@ func (sc *serverConn) finishDrain() {
 	sc.mu.Unlock()
 	sc.w.lock()
 	sc.w.fr.WriteGoAway(last, http2.ErrCodeNo, nil)
-	sc.w.unlock()
+	sc.w.unlockWait()
 	if idle {
 		sc.closeNow(nil)
 	}
@@ -690,8 +690,11 @@ func (sc *serverConn) closeNow(reason error) {
 	sc.sendCond.Broadcast()
 	sc.mu.Unlock()
 	sc.timer.Stop()
-	// Close the socket first: it unblocks a writer stuck on a dead peer,
-	// which holds the write lock.
+	if reason == nil {
+		sc.w.flushPending()
+	}
+	// Close the socket before aborting the streams: it unblocks a writer
+	// stuck on a dead peer.
 	sc.w.closeConn()
 	err := errConnClosed
 	if reason != nil && !isClosedErr(reason) {

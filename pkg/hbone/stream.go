@@ -97,8 +97,9 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
-// Write sends p to the client. It returns once all of p is written to the
-// TLS connection, which happens as flow control allows.
+// Write sends p to the client. It returns once all of p is framed for the
+// TLS connection (written, or pending with the goroutine writing there),
+// which happens as flow control allows.
 func (s *Stream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()

@@ -161,10 +161,17 @@ type frameWriter struct {
 	mu   sync.Mutex
 	fr   *http2.Framer // write side only; appends to buf
 	buf  frameBuf
-	bufp *[]byte // where buf.b came from, while the lock is held
+	bufp *[]byte // where buf.b came from, while frames are pending or the lock is held
 	henc *hpack.Encoder
 	hbuf bytes.Buffer
 	err  error // sticky: the connection is unusable once a write failed
+
+	// Write combining (see release). All guarded by mu.
+	flushing bool      // a goroutine is writing a batch to the TLS connection
+	taken    uint64    // batches taken by writers so far
+	written  uint64    // of those, the ones written (or failed)
+	waiters  int       // goroutines waiting in release
+	moved    sync.Cond // on mu: a batch was taken, or the writer stopped
 
 	ctlMu      sync.Mutex
 	ctl        []ctlFrame
@@ -184,6 +191,7 @@ func (w *frameBuf) Write(p []byte) (int, error) {
 // connection's read loop uses (its write side belongs to the writer).
 func newFrameWriter(tc *tls.Conn, raw *bufConn, maxReadFrame, maxHeaderList uint32) (*frameWriter, *http2.Framer) {
 	w := &frameWriter{tc: tc, raw: raw, batch: raw.batch}
+	w.moved.L = &w.mu
 	fr := http2.NewFramer(&w.buf, tc)
 	fr.SetReuseFrames()
 	fr.SetMaxReadFrameSize(maxReadFrame)
@@ -198,39 +206,103 @@ func newFrameWriter(tc *tls.Conn, raw *bufConn, maxReadFrame, maxHeaderList uint
 // so that a stream's writer sees whether its RST_STREAM went out.
 func (w *frameWriter) lock() {
 	w.mu.Lock()
-	w.bufp = w.batch.get()
-	w.buf.b = *w.bufp
+	if w.bufp == nil {
+		w.bufp = w.batch.get()
+		w.buf.b = *w.bufp
+	}
 	w.appendControlLocked()
 }
 
-// unlock flushes what was appended, with any queued control frames, and
-// releases the write lock.
-func (w *frameWriter) unlock() error {
-	err := w.flushLocked()
-	*w.bufp = w.buf.b[:0]
-	w.batch.put(w.bufp)
-	w.bufp, w.buf.b = nil, nil
+// unlock releases the write lock and sees to it that the frames appended
+// are written, by this goroutine or by the one writing already (see
+// release). It returns the connection's write error known so far: a
+// failure to write these frames may be reported to a later caller only,
+// so callers treat any error as the end of the connection.
+func (w *frameWriter) unlock() error { return w.release(false) }
+
+// unlockWait is unlock, but returns only once the frames appended are
+// written or the connection has failed: for the preface, GOAWAY and
+// other frames whose caller acts on their having left.
+func (w *frameWriter) unlockWait() error { return w.release(true) }
+
+// release implements unlock and unlockWait.
+//
+// Write combining: the goroutine that finds nobody writing becomes the
+// writer. It takes the pending frames, releases the lock for the
+// tls.Conn.Write, and goes on with whatever other goroutines appended
+// meanwhile. Those goroutines return as soon as their frames are appended
+// instead of waiting for the lock through the writer's syscall: when
+// several streams' bytes arrive together (requests sent in bursts) they
+// leave in one TLS write and one write(2), and the streams' goroutines
+// neither sleep on the lock nor wake each other.
+//
+// A goroutine that finds maxWriteBatch bytes pending waits until the
+// writer takes them, so a peer that does not read holds up its writers as
+// before. Once its own frames are written, the writer hands over to such
+// a waiting goroutine rather than go on writing for others, so that busy
+// streams cannot keep one stream's goroutine writing for ever.
+func (w *frameWriter) release(wait bool) error {
+	if w.flushing {
+		mine := w.taken + 1 // the batch being filled
+		w.waiters++
+		for w.flushing && w.err == nil && (len(w.buf.b) >= maxWriteBatch || (wait && w.written < mine)) {
+			w.moved.Wait()
+		}
+		w.waiters--
+		// A writer that stopped has written every batch it took, so this
+		// goroutine's frames are written unless they are still pending.
+		if w.flushing || w.err != nil || len(w.buf.b) == 0 {
+			err := w.err
+			w.mu.Unlock()
+			return err
+		}
+		// The writer handed over: write what is pending.
+	}
+	w.flushing = true
+	for first := true; ; first = false {
+		w.appendControlLocked()
+		if len(w.buf.b) == 0 || w.err != nil || (!first && w.waiters > 0) {
+			break
+		}
+		out, outp := w.buf.b, w.bufp
+		w.bufp = w.batch.get()
+		w.buf.b = *w.bufp
+		w.taken++
+		w.moved.Broadcast()
+		w.mu.Unlock()
+		err := w.write(out)
+		*outp = out[:0]
+		w.batch.put(outp)
+		w.mu.Lock()
+		if err != nil && w.err == nil {
+			w.err = fmt.Errorf("hbone: write: %w", err)
+		}
+		w.written = w.taken
+	}
+	w.flushing = false
+	w.moved.Broadcast()
+	if len(w.buf.b) == 0 || w.err != nil {
+		// Nothing pending (or nothing will be written): an idle
+		// connection holds no buffer.
+		*w.bufp = w.buf.b[:0]
+		w.batch.put(w.bufp)
+		w.bufp, w.buf.b = nil, nil
+	}
+	err := w.err
 	w.mu.Unlock()
 	return err
 }
 
-// flushLocked writes the queued control frames and the buffer.
-func (w *frameWriter) flushLocked() error {
-	w.appendControlLocked()
-	if len(w.buf.b) == 0 || w.err != nil {
-		w.buf.b = w.buf.b[:0]
-		return w.err
-	}
+// write writes one batch of frames with a single tls.Conn.Write, whose
+// records bufConn gathers into a single write(2). Only the goroutine that
+// is flushing calls it.
+func (w *frameWriter) write(b []byte) error {
 	w.raw.beginBatch()
-	_, err := w.tc.Write(w.buf.b)
+	_, err := w.tc.Write(b)
 	if berr := w.raw.endBatch(); err == nil {
 		err = berr
 	}
-	w.buf.b = w.buf.b[:0]
-	if err != nil {
-		w.err = fmt.Errorf("hbone: write: %w", err)
-	}
-	return w.err
+	return err
 }
 
 // appendData appends DATA frames for p, each at most maxFrame bytes, the
@@ -255,7 +327,10 @@ func (w *frameWriter) appendData(id uint32, end bool, p []byte, maxFrame int) er
 			return nil
 		}
 		if len(w.buf.b) >= maxWriteBatch {
-			if err := w.flushLocked(); err != nil {
+			// Let the batch go before appending more of p.
+			err := w.unlock()
+			w.lock()
+			if err != nil {
 				return err
 			}
 		}
@@ -309,7 +384,11 @@ func (w *frameWriter) control(c ctlFrame) {
 // lock did first).
 func (w *frameWriter) writeControl() {
 	w.lock()
-	w.unlock()
+	if err := w.unlock(); err != nil {
+		// Nobody waits for this write's result: end the connection, so
+		// that its read loop notices and closes it properly.
+		w.closeConn()
+	}
 }
 
 // appendControlLocked appends the queued control frames.
@@ -363,8 +442,17 @@ func (w *frameWriter) goAway(last uint32, code http2.ErrCode, debug []byte) {
 	w.tc.SetWriteDeadline(time.Now().Add(time.Second))
 	w.lock()
 	w.fr.WriteGoAway(last, code, debug)
-	w.unlock()
+	w.unlockWait()
 	w.tc.SetWriteDeadline(time.Time{})
+}
+
+// flushPending waits, a second at most, until the frames other goroutines
+// appended are written (see release): a connection that closes gracefully
+// sends them before it closes.
+func (w *frameWriter) flushPending() {
+	w.tc.SetWriteDeadline(time.Now().Add(time.Second))
+	w.lock()
+	w.unlockWait()
 }
 
 // closeConn closes the TCP connection under TLS at once, without
