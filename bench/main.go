@@ -61,6 +61,7 @@ type config struct {
 	oneConnTime                      time.Duration
 	rounds                           int
 	settle                           time.Duration
+	afterLoadIdle                    time.Duration
 	load                             loadSpec
 	noDoc                            bool
 
@@ -131,6 +132,7 @@ func main() {
 	flag.DurationVar(&c.warmup, "warmup", 3*time.Second, "fortio warm-up before each measured run")
 	flag.DurationVar(&c.oneConnTime, "one-conn-time", 8*time.Second, "duration of the extra fortio run over a single connection (0: skip)")
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "idle time over which idle CPU and RSS are measured")
+	flag.DurationVar(&c.afterLoadIdle, "after-load-idle", 15*time.Second, "idle time after the load before RSS is read again (the node proxies return a load peak's memory after an idle --memory-trim-interval, 5 s)")
 	flag.IntVar(&c.load.QPS, "qps", 1000, "fortio request rate")
 	flag.IntVar(&c.load.Conns, "conns", 8, "fortio connections")
 	flag.IntVar(&c.load.Payload, "payload", 1024, "request body bytes (echoed back)")
@@ -234,7 +236,7 @@ func run(ctx context.Context, c config) (err error) {
 
 	res := &results{Date: time.Now().UTC(), Machine: machine, Load: c.load,
 		IperfSeconds: c.iperfTime.Seconds(), FortioSeconds: c.fortioTime.Seconds(), Rounds: c.rounds, OneConnSeconds: c.oneConnTime.Seconds(),
-		MaxLoad: c.maxLoad, MaxSeconds: c.maxTime.Seconds(),
+		MaxLoad: c.maxLoad, MaxSeconds: c.maxTime.Seconds(), AfterLoadIdleSeconds: c.afterLoadIdle.Seconds(),
 		Phases: sortedKeys(c.phases), Paths: sortedKeys(c.paths), Full: c.full()}
 	res.Versions = toolVersions(ctx)
 
@@ -518,8 +520,8 @@ func run(ctx context.Context, c config) (err error) {
 	if err := pol.ensure(ctx, 0); err != nil {
 		return err
 	}
-	logf("idle %s before reading RSS after load", c.settle)
-	sleep(ctx, c.settle)
+	logf("idle %s before reading RSS after load", c.afterLoadIdle)
+	sleep(ctx, c.afterLoadIdle)
 	if res.PalisadeAfterRSS, err = rssMB(nodeProxies); err != nil {
 		return err
 	}
@@ -586,8 +588,8 @@ func run(ctx context.Context, c config) (err error) {
 		if err := pol.ensure(ctx, 0); err != nil {
 			return err
 		}
-		logf("idle %s before reading RSS after the maximum-rate runs", c.settle)
-		sleep(ctx, c.settle)
+		logf("idle %s before reading RSS after the maximum-rate runs", c.afterLoadIdle)
+		sleep(ctx, c.afterLoadIdle)
 		if res.PalisadeAfterMaxRSS, err = rssMB(nodeProxies); err != nil {
 			return err
 		}

@@ -115,23 +115,26 @@ type target struct {
 }
 
 type results struct {
-	Date           time.Time         `json:"date"`
-	Machine        machine           `json:"machine"`
-	Versions       map[string]string `json:"versions"`
-	Phases         []string          `json:"phases"`
-	Paths          []string          `json:"paths"`
-	Full           bool              `json:"full"`
-	Load           loadSpec          `json:"load"`
-	IperfSeconds   float64           `json:"iperfSeconds"`
-	FortioSeconds  float64           `json:"fortioSeconds"`
-	OneConnSeconds float64           `json:"oneConnSeconds"`
-	Rounds         int               `json:"rounds"`
-	MaxLoad        loadSpec          `json:"maxLoad"`
-	MaxSeconds     float64           `json:"maxSeconds"`
-	HAProxyTLS     string            `json:"haproxyTLS,omitempty"`
-	Scenarios      []*scenario       `json:"scenarios"`
-	EBPF           *ebpfResults      `json:"ebpf,omitempty"`
-	Telemetry      *telemetryResults `json:"telemetry,omitempty"`
+	Date         time.Time         `json:"date"`
+	Machine      machine           `json:"machine"`
+	Versions     map[string]string `json:"versions"`
+	Phases       []string          `json:"phases"`
+	Paths        []string          `json:"paths"`
+	Full         bool              `json:"full"`
+	Load         loadSpec          `json:"load"`
+	IperfSeconds float64           `json:"iperfSeconds"`
+	// AfterLoadIdleSeconds is the idle time before the RSS readings
+	// after load.
+	AfterLoadIdleSeconds float64           `json:"afterLoadIdleSeconds"`
+	FortioSeconds        float64           `json:"fortioSeconds"`
+	OneConnSeconds       float64           `json:"oneConnSeconds"`
+	Rounds               int               `json:"rounds"`
+	MaxLoad              loadSpec          `json:"maxLoad"`
+	MaxSeconds           float64           `json:"maxSeconds"`
+	HAProxyTLS           string            `json:"haproxyTLS,omitempty"`
+	Scenarios            []*scenario       `json:"scenarios"`
+	EBPF                 *ebpfResults      `json:"ebpf,omitempty"`
+	Telemetry            *telemetryResults `json:"telemetry,omitempty"`
 	// RSS in MB of the two hops (client side, server side).
 	PalisadeIdleCPU  []float64 `json:"palisadeIdleCpuCores"`
 	HAProxyIdleCPU   []float64 `json:"haproxyIdleCpuCores,omitempty"`
@@ -217,8 +220,8 @@ func (r *results) evaluate() {
 		r.Targets = append(r.Targets, target{
 			Name: fmt.Sprintf("Node proxy RSS under %.0f MB idle", targetIdleRSSMB),
 			Met:  idle < targetIdleRSSMB,
-			Result: fmt.Sprintf("%.1f / %.1f MB idle with the benchmark's pods enrolled (node1 / node2); %.1f / %.1f MB idle again after the load (%s)",
-				r.PalisadeIdleRSS[0], r.PalisadeIdleRSS[1], r.PalisadeAfterRSS[0], r.PalisadeAfterRSS[1], map[bool]string{true: "also under", false: "over"}[after < targetIdleRSSMB]),
+			Result: fmt.Sprintf("%.1f / %.1f MB idle with the benchmark's pods enrolled (node1 / node2); %.1f / %.1f MB idle again %.0f s after the load (%s)",
+				r.PalisadeIdleRSS[0], r.PalisadeIdleRSS[1], r.PalisadeAfterRSS[0], r.PalisadeAfterRSS[1], r.AfterLoadIdleSeconds, map[bool]string{true: "also under", false: "over"}[after < targetIdleRSSMB]),
 		})
 	}
 	r.evaluateL7()
@@ -565,7 +568,7 @@ func (r *results) mainTable() *table {
 		}
 		return two(m)
 	}))
-	g.row("proxy RSS idle, after load (MB)", proxies(func(s *scenario) string { return two(afterIdle(s)) }))
+	g.row(fmt.Sprintf("proxy RSS idle %.0f s after load (MB)", r.AfterLoadIdleSeconds), proxies(func(s *scenario) string { return two(afterIdle(s)) }))
 	return &table{Rows: g.rows}
 }
 
@@ -769,7 +772,7 @@ func (r *results) maxTable() *table {
 	intro := fmt.Sprintf("fortio asking for %s over %d connections for %.0f s (after a warm-up), %d B POST bodies; the same-node columns run the client on node2, next to the server, so one node proxy does both hops. All processes share the host's %d CPUs.",
 		asking, r.MaxLoad.Conns, r.MaxSeconds, r.MaxLoad.Payload, r.Machine.NProc)
 	if len(r.PalisadeAfterMaxRSS) == 2 {
-		intro += fmt.Sprintf(" Node proxy RSS idle after these runs (policy removed): %.1f / %.1f MB.", r.PalisadeAfterMaxRSS[0], r.PalisadeAfterMaxRSS[1])
+		intro += fmt.Sprintf(" Node proxy RSS idle %.0f s after these runs (policy removed): %.1f / %.1f MB.", r.AfterLoadIdleSeconds, r.PalisadeAfterMaxRSS[0], r.PalisadeAfterMaxRSS[1])
 	}
 	return &table{Title: "Maximum rate", Intro: intro, Rows: g.rows}
 }

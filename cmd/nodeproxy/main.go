@@ -20,6 +20,7 @@ import (
 	"github.com/palisade-net/palisade/pkg/flowlog"
 	"github.com/palisade-net/palisade/pkg/handoff"
 	"github.com/palisade-net/palisade/pkg/identity"
+	"github.com/palisade-net/palisade/pkg/memtrim"
 	"github.com/palisade-net/palisade/pkg/nodeproxy"
 )
 
@@ -74,6 +75,7 @@ func run(args []string) error {
 		flowLog      = fs.String("flow-log", "/var/log/palisade/flows.jsonl", "flow log file: JSON lines of the connections and requests FlowLog objects select (empty: no file)")
 		flowLogMB    = fs.Int64("flow-log-max-mb", 100, "size cap of each flow log file in MiB; the file is rotated when a record would pass it")
 		flowLogFiles = fs.Int("flow-log-max-files", 5, "flow log files kept, the current one included (at most max-mb × max-files on disk)")
+		memTrim      = fs.Duration("memory-trim-interval", memtrim.DefaultInterval, "how often to check whether the proxy is idle and holds memory a load peak left behind, which it then returns to the OS (0: never)")
 		telemetry    = fs.String("telemetry", "on", "on: flow records and per-connection/per-request metrics; off: neither (to measure their cost)")
 	)
 	if ok, err := common.Parse(fs, args, "PALISADE_"); !ok {
@@ -176,6 +178,14 @@ func run(args []string) error {
 	log.Info("cluster view", "source", srcDesc)
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, proxy.UpdateCluster) }()
+
+	if *memTrim > 0 {
+		go func() {
+			if err := memtrim.New(memtrim.Config{Interval: *memTrim, Logger: log}).Run(ctx); err != nil {
+				log.Warn("memory trimmer stopped", "error", err)
+			}
+		}()
+	}
 
 	client := &handoff.Client{Logger: log}
 	go func() {
