@@ -456,7 +456,7 @@ func (cc *clientConn) processGoAway(f *http2.GoAwayFrame) {
 	idle := len(cc.streams) == 0 && cc.reserved == 0
 	cc.mu.Unlock()
 	if idle {
-		go cc.closeNow(nil)
+		go cc.closeGracefully()
 	}
 }
 
@@ -650,7 +650,7 @@ func (cc *clientConn) maybeIdleLocked() {
 		}
 	}
 	if cc.goAway {
-		go cc.closeNow(nil)
+		go cc.closeGracefully()
 	}
 }
 
@@ -692,7 +692,7 @@ func (cc *clientConn) tick() {
 	if idle {
 		cc.log.Debug("hbone connection closed: idle")
 		cc.w.goAway(0, http2.ErrCodeNo, nil)
-		cc.closeNow(nil)
+		cc.closeGracefully()
 		return
 	}
 	cc.timer.Reset(cc.tickPeriod())
@@ -716,10 +716,13 @@ func (cc *clientConn) Shutdown(ctx context.Context) error {
 	}
 	cc.w.lock()
 	cc.w.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-	cc.w.unlockWait()
+	if err := cc.w.unlockWait(); err != nil {
+		cc.closeNow(err)
+		return err
+	}
 	select {
 	case <-drained:
-		cc.closeNow(nil)
+		cc.closeGracefully()
 		return nil
 	case <-cc.done:
 		return nil
@@ -727,6 +730,13 @@ func (cc *clientConn) Shutdown(ctx context.Context) error {
 		cc.closeNow(ctx.Err())
 		return ctx.Err()
 	}
+}
+
+// closeGracefully writes the frames still pending (the last streams'
+// ends) and closes the connection.
+func (cc *clientConn) closeGracefully() {
+	cc.w.flushPending()
+	cc.closeNow(nil)
 }
 
 // closeNow closes the connection and aborts every stream.
@@ -750,9 +760,6 @@ func (cc *clientConn) closeNow(reason error) {
 	cc.mu.Unlock()
 	if cc.timer != nil {
 		cc.timer.Stop()
-	}
-	if reason == nil {
-		cc.w.flushPending()
 	}
 	cc.w.closeConn()
 }

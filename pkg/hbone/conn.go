@@ -232,15 +232,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 
 		cc.w.lock()
 		if c.rstSent {
-			cc.w.unlock()
+			err = errStreamReset
+		} else {
+			err = cc.w.appendData(c.id, false, p[:n], maxFrame, &c.rstSent)
+		}
+		if uerr := cc.w.unlock(); err == nil {
+			err = uerr
+		}
+		if errors.Is(err, errStreamReset) {
 			cc.mu.Lock()
 			err := c.errLocked("write")
 			cc.mu.Unlock()
 			return written, err
-		}
-		err = cc.w.appendData(c.id, false, p[:n], maxFrame)
-		if uerr := cc.w.unlock(); err == nil {
-			err = uerr
 		}
 		if err != nil {
 			cc.closeNow(err)
@@ -276,7 +279,7 @@ func (c *Conn) CloseWrite() error {
 	cc.w.lock()
 	var err error
 	if !c.rstSent {
-		err = cc.w.appendData(c.id, true, nil, 1)
+		err = cc.w.appendData(c.id, true, nil, 1, nil)
 	}
 	if uerr := cc.w.unlock(); err == nil {
 		err = uerr

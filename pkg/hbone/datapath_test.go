@@ -384,7 +384,7 @@ func TestBufConnBatchesRecords(t *testing.T) {
 	}()
 	before := cw.writes.Load()
 	w.lock()
-	if err := w.appendData(1, false, data, 16<<10); err != nil {
+	if err := w.appendData(1, false, data, 16<<10, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.unlock(); err != nil {
@@ -436,7 +436,7 @@ func TestWriteCombining(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			w.lock()
-			err := w.appendData(id, false, p, 16<<10)
+			err := w.appendData(id, false, p, 16<<10, nil)
 			if wait {
 				err = errors.Join(err, w.unlockWait())
 			} else {
@@ -543,6 +543,75 @@ func TestWriteCombining(t *testing.T) {
 	// A's batch, then B's, C's and D's together.
 	if n := cw.writes.Load() - before; n != 2 {
 		t.Errorf("%d socket writes, want 2 (B's, C's and D's frames in one)", n)
+	}
+}
+
+// TestWriterStopsWritingForOthers: a goroutine that became the writer
+// writes its own batch and one of others' frames, then leaves the rest to
+// a goroutine of its own, however busy the other streams are.
+func TestWriterStopsWritingForOthers(t *testing.T) {
+	w, cw, server := tlsPipeWriter(t)
+	cw.entered = make(chan struct{}, 16)
+	appendAndUnlock := func(id uint32, p string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			w.lock()
+			err := w.appendData(id, false, []byte(p), 16<<10, nil)
+			done <- errors.Join(err, w.unlock())
+		}()
+		return done
+	}
+	waitAppended := func() {
+		for i := 0; ; i++ {
+			w.mu.Lock()
+			n := len(w.buf.b)
+			w.mu.Unlock()
+			if n > 0 {
+				return
+			}
+			if i == 10000 {
+				t.Fatal("frames were not appended")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	fr := http2.NewFramer(nil, server)
+	readData := func() string {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(f.(*http2.DataFrame).Data())
+	}
+
+	doneA := appendAndUnlock(1, "a")
+	<-cw.entered // A writes its batch
+	if err := <-appendAndUnlock(3, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readData(); got != "a" {
+		t.Fatalf("read %q, want a", got)
+	}
+	<-cw.entered // A writes B's frames
+	if err := <-appendAndUnlock(5, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitAppended()
+	if got := readData(); got != "b" {
+		t.Fatalf("read %q, want b", got)
+	}
+	// C's frames are pending and A has written two batches: A returns
+	// while another goroutine writes C's (blocked until the peer reads).
+	select {
+	case err := <-doneA:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer went on writing other streams' frames")
+	}
+	if got := readData(); got != "c" {
+		t.Fatalf("read %q, want c", got)
 	}
 }
 

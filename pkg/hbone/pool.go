@@ -423,7 +423,7 @@ func (p *Pool) CloseIdle() {
 	}
 	p.mu.Unlock()
 	for _, pc := range idle {
-		pc.closeNow(nil)
+		pc.closeGracefully()
 	}
 }
 

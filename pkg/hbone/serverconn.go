@@ -545,7 +545,9 @@ func (sc *serverConn) writeRefusal(id uint32, status int, reason string, reset b
 	if reset {
 		sc.w.fr.WriteRSTStream(id, http2.ErrCodeNo)
 	}
-	sc.w.unlock()
+	if err := sc.w.unlock(); err != nil {
+		sc.closeNow(err)
+	}
 }
 
 func statusString(code int) string {
@@ -623,9 +625,12 @@ func (sc *serverConn) finishDrain() {
 	sc.mu.Unlock()
 	sc.w.lock()
 	sc.w.fr.WriteGoAway(last, http2.ErrCodeNo, nil)
-	sc.w.unlockWait()
+	if err := sc.w.unlockWait(); err != nil {
+		sc.closeNow(err)
+		return
+	}
 	if idle {
-		sc.closeNow(nil)
+		sc.closeGracefully()
 	}
 }
 
@@ -669,10 +674,17 @@ func (sc *serverConn) tick() {
 	if idle {
 		sc.log.Debug("hbone connection closed: idle", "idle_for", idleFor.Round(time.Millisecond))
 		sc.writeGoAway(http2.ErrCodeNo, nil)
-		sc.closeNow(nil)
+		sc.closeGracefully()
 		return
 	}
 	sc.timer.Reset(sc.tickPeriod())
+}
+
+// closeGracefully writes the frames still pending (the last streams'
+// ends) and closes the connection.
+func (sc *serverConn) closeGracefully() {
+	sc.w.flushPending()
+	sc.closeNow(nil)
 }
 
 // closeNow closes the connection and aborts every stream.
@@ -690,11 +702,7 @@ func (sc *serverConn) closeNow(reason error) {
 	sc.sendCond.Broadcast()
 	sc.mu.Unlock()
 	sc.timer.Stop()
-	if reason == nil {
-		sc.w.flushPending()
-	}
-	// Close the socket before aborting the streams: it unblocks a writer
-	// stuck on a dead peer.
+	// Close the socket first: it unblocks a writer stuck on a dead peer.
 	sc.w.closeConn()
 	err := errConnClosed
 	if reason != nil && !isClosedErr(reason) {
@@ -714,10 +722,10 @@ func (sc *serverConn) streamFinished() {
 		sc.idleSince = time.Now()
 	}
 	sc.mu.Unlock()
-	sc.srv.wg.Done()
 	if closeNow {
-		sc.closeNow(nil)
+		sc.closeGracefully()
 	}
+	sc.srv.wg.Done()
 }
 
 // context for streams: cancelled with the server.

@@ -269,7 +269,7 @@ func (st *serverStream) writeData(p []byte, end bool) error {
 		if st.rstSent {
 			err = errStreamReset
 		} else {
-			err = sc.w.appendData(st.id, last, p[:n], maxFrame)
+			err = sc.w.appendData(st.id, last, p[:n], maxFrame, &st.rstSent)
 		}
 		if uerr := sc.w.unlock(); err == nil {
 			err = uerr

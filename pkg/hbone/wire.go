@@ -239,8 +239,9 @@ func (w *frameWriter) unlockWait() error { return w.release(true) }
 // A goroutine that finds maxWriteBatch bytes pending waits until the
 // writer takes them, so a peer that does not read holds up its writers as
 // before. Once its own frames are written, the writer hands over to such
-// a waiting goroutine rather than go on writing for others, so that busy
-// streams cannot keep one stream's goroutine writing for ever.
+// a waiting goroutine, and after one batch of others' frames to a
+// goroutine of its own (writeRest), so that busy streams cannot keep one
+// stream's goroutine writing for ever.
 func (w *frameWriter) release(wait bool) error {
 	if w.flushing {
 		mine := w.taken + 1 // the batch being filled
@@ -259,10 +260,32 @@ func (w *frameWriter) release(wait bool) error {
 		// The writer handed over: write what is pending.
 	}
 	w.flushing = true
-	for first := true; ; first = false {
+	w.writeLocked(writerBatches)
+	err := w.err
+	w.mu.Unlock()
+	return err
+}
+
+// writerBatches is how many batches a goroutine that became the writer in
+// release writes at most: its own and one of the frames others appended
+// meanwhile. Frames pending after that are written by a goroutine of their
+// own, so that a stream's goroutine (or the read loop, which writes its
+// refusals) goes back to its own work however busy the other streams are.
+const writerBatches = 2
+
+// writeLocked writes pending batches; w.mu is held (and released during
+// each write) and flushing is set. It writes at most limit batches (no
+// limit: 0) and hands over after its first to a goroutine waiting in
+// release. It clears flushing, unless it left the rest to writeRest.
+func (w *frameWriter) writeLocked(limit int) {
+	for n := 0; ; n++ {
 		w.appendControlLocked()
-		if len(w.buf.b) == 0 || w.err != nil || (!first && w.waiters > 0) {
+		if len(w.buf.b) == 0 || w.err != nil || (n > 0 && w.waiters > 0) {
 			break
+		}
+		if n == limit && limit > 0 {
+			go w.writeRest()
+			return
 		}
 		out, outp := w.buf.b, w.bufp
 		w.bufp = w.batch.get()
@@ -288,9 +311,19 @@ func (w *frameWriter) release(wait bool) error {
 		w.batch.put(w.bufp)
 		w.bufp, w.buf.b = nil, nil
 	}
+}
+
+// writeRest writes what a writer left pending. Nobody waits for its
+// result, so a failed write closes the connection (its read loop then
+// ends it properly).
+func (w *frameWriter) writeRest() {
+	w.mu.Lock()
+	w.writeLocked(0)
 	err := w.err
 	w.mu.Unlock()
-	return err
+	if err != nil {
+		w.closeConn()
+	}
 }
 
 // write writes one batch of frames with a single tls.Conn.Write, whose
@@ -307,8 +340,10 @@ func (w *frameWriter) write(b []byte) error {
 
 // appendData appends DATA frames for p, each at most maxFrame bytes, the
 // last with END_STREAM when end. An empty p with end makes one empty
-// frame. The caller holds the write lock.
-func (w *frameWriter) appendData(id uint32, end bool, p []byte, maxFrame int) error {
+// frame. rst, if not nil, is the stream's flag that its RST_STREAM was
+// appended: errStreamReset when that happens while p is appended. The
+// caller holds the write lock.
+func (w *frameWriter) appendData(id uint32, end bool, p []byte, maxFrame int, rst *bool) error {
 	for {
 		n := min(len(p), maxFrame)
 		var flags byte
@@ -327,11 +362,16 @@ func (w *frameWriter) appendData(id uint32, end bool, p []byte, maxFrame int) er
 			return nil
 		}
 		if len(w.buf.b) >= maxWriteBatch {
-			// Let the batch go before appending more of p.
+			// Let the batch go before appending more of p. Relocking
+			// appends queued control frames, perhaps this stream's
+			// RST_STREAM, which no DATA may follow.
 			err := w.unlock()
 			w.lock()
 			if err != nil {
 				return err
+			}
+			if rst != nil && *rst {
+				return errStreamReset
 			}
 		}
 	}
@@ -446,11 +486,12 @@ func (w *frameWriter) goAway(last uint32, code http2.ErrCode, debug []byte) {
 	w.tc.SetWriteDeadline(time.Time{})
 }
 
-// flushPending waits, a second at most, until the frames other goroutines
-// appended are written (see release): a connection that closes gracefully
-// sends them before it closes.
+// flushPending waits until the frames other goroutines appended are
+// written (see release), or closes the connection after a second: a
+// connection that closes gracefully sends them first.
 func (w *frameWriter) flushPending() {
-	w.tc.SetWriteDeadline(time.Now().Add(time.Second))
+	t := time.AfterFunc(time.Second, w.closeConn) // a peer that does not read
+	defer t.Stop()
 	w.lock()
 	w.unlockWait()
 }
