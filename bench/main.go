@@ -318,6 +318,9 @@ func run(ctx context.Context, c config) (err error) {
 	if res.PalisadeIdleRSS, err = rssMB(nodeProxies); err != nil {
 		return err
 	}
+	if res.PalisadeIdleRSSAnon, err = statusMB(nodeProxies, "RssAnon"); err != nil {
+		return err
+	}
 
 	var hp *haproxyPair
 	if c.paths["haproxy"] && (c.phases["iperf"] || c.phases["latency"] || c.phases["paced"] || c.phases["one-conn"]) {
@@ -523,6 +526,9 @@ func run(ctx context.Context, c config) (err error) {
 	logf("idle %s before reading RSS after load", c.afterLoadIdle)
 	sleep(ctx, c.afterLoadIdle)
 	if res.PalisadeAfterRSS, err = rssMB(nodeProxies); err != nil {
+		return err
+	}
+	if res.PalisadeAfterRSSAnon, err = statusMB(nodeProxies, "RssAnon"); err != nil {
 		return err
 	}
 	if hp != nil {

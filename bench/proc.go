@@ -48,7 +48,12 @@ func cpuTicks(pid int) (uint64, error) {
 }
 
 // rssBytes returns VmRSS from /proc/PID/status.
-func rssBytes(pid int) (uint64, error) {
+func rssBytes(pid int) (uint64, error) { return statusBytes(pid, "VmRSS") }
+
+// statusBytes reads a "kB" field of /proc/PID/status: VmRSS, or its parts
+// RssAnon (heap, stacks: the process's own memory) and RssFile (pages of
+// the executable and other mapped files, shared with the page cache).
+func statusBytes(pid int, field string) (uint64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -57,7 +62,7 @@ func rssBytes(pid int) (uint64, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			fs := strings.Fields(v) // "12345 kB"
 			if len(fs) == 2 && fs[1] == "kB" {
 				kb, err := strconv.ParseUint(fs[0], 10, 64)
@@ -65,7 +70,7 @@ func rssBytes(pid int) (uint64, error) {
 			}
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
 }
 
 // ctxSwitches returns the voluntary and involuntary context switches of
@@ -94,10 +99,14 @@ func ctxSwitches(pid int) (uint64, error) {
 }
 
 // rssMB reads the RSS of each process in MB (MiB, as the kernel counts kB).
-func rssMB(procs []procRef) ([]float64, error) {
+func rssMB(procs []procRef) ([]float64, error) { return statusMB(procs, "VmRSS") }
+
+// statusMB reads a memory field of /proc/PID/status of each process, in
+// MiB.
+func statusMB(procs []procRef, field string) ([]float64, error) {
 	out := make([]float64, len(procs))
 	for i, p := range procs {
-		b, err := rssBytes(p.PID)
+		b, err := statusBytes(p.PID, field)
 		if err != nil {
 			return nil, fmt.Errorf("%s (pid %d): %w", p.Label, p.PID, err)
 		}

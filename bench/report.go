@@ -140,6 +140,10 @@ type results struct {
 	HAProxyIdleCPU   []float64 `json:"haproxyIdleCpuCores,omitempty"`
 	PalisadeIdleRSS  []float64 `json:"palisadeIdleRssMB"`
 	PalisadeAfterRSS []float64 `json:"palisadeIdleAfterLoadRssMB"`
+	// PalisadeIdleRSSAnon and PalisadeAfterRSSAnon are the anonymous part
+	// of the RSS readings (heap, stacks), without the executable's pages.
+	PalisadeIdleRSSAnon  []float64 `json:"palisadeIdleRssAnonMB,omitempty"`
+	PalisadeAfterRSSAnon []float64 `json:"palisadeIdleAfterLoadRssAnonMB,omitempty"`
 	// PalisadeAfterMaxRSS is read after the maximum-rate runs.
 	PalisadeAfterMaxRSS []float64       `json:"palisadeIdleAfterMaxRateRssMB,omitempty"`
 	HAProxyIdleRSS      []float64       `json:"haproxyIdleRssMB,omitempty"`
@@ -569,6 +573,14 @@ func (r *results) mainTable() *table {
 		return two(m)
 	}))
 	g.row(fmt.Sprintf("proxy RSS idle %.0f s after load (MB)", r.AfterLoadIdleSeconds), proxies(func(s *scenario) string { return two(afterIdle(s)) }))
+	if len(r.PalisadeIdleRSSAnon) == 2 && len(r.PalisadeAfterRSSAnon) == 2 {
+		g.row("of which anonymous (heap, stacks; the rest is the executable's pages), before → after load (MB)", proxies(func(s *scenario) string {
+			if s != p {
+				return "–"
+			}
+			return two(r.PalisadeIdleRSSAnon) + " → " + two(r.PalisadeAfterRSSAnon)
+		}))
+	}
 	return &table{Rows: g.rows}
 }
 
