@@ -432,34 +432,6 @@ func TestWriteCombining(t *testing.T) {
 	cw.entered = make(chan struct{}, 16)
 	before := cw.writes.Load() // the handshake's
 
-	appendAndRelease := func(id uint32, p []byte, wait bool) chan error {
-		done := make(chan error, 1)
-		go func() {
-			w.lock()
-			err := w.appendData(id, false, p, 16<<10, nil)
-			if wait {
-				err = errors.Join(err, w.unlockWait())
-			} else {
-				err = errors.Join(err, w.unlock())
-			}
-			done <- err
-		}()
-		return done
-	}
-	pending := func() int {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		return len(w.buf.b)
-	}
-	// waitAppended waits until more than n bytes are pending.
-	waitAppended := func(n int) {
-		for i := 0; pending() <= n; i++ {
-			if i == 10000 {
-				t.Fatal("frames were not appended")
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 	returned := func(done chan error) bool {
 		select {
 		case err := <-done:
@@ -473,29 +445,22 @@ func TestWriteCombining(t *testing.T) {
 	}
 
 	// A writes and blocks in the socket: nobody reads the pipe yet.
-	doneA := appendAndRelease(1, []byte("a"), false)
+	doneA := appendAndRelease(w, 1, []byte("a"), false)
 	<-cw.entered
 	// B appends and returns at once; A will write its frame.
-	doneB := appendAndRelease(3, []byte("b"), false)
-	select {
-	case err := <-doneB:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a goroutine waited for another's socket write instead of leaving its frames to it")
-	}
+	awaitDone(t, appendAndRelease(w, 3, []byte("b"), false),
+		"a goroutine waited for another's socket write instead of leaving its frames to it")
 	// C asks to wait until its frames are written.
-	n := pending()
-	doneC := appendAndRelease(5, []byte("c"), true)
-	waitAppended(n)
+	n := pendingBytes(w)
+	doneC := appendAndRelease(w, 5, []byte("c"), true)
+	waitAppended(t, w, n)
 	if returned(doneC) {
 		t.Fatal("unlockWait returned before its frames were written")
 	}
 	// D appends a full batch: it waits until the writer takes it.
 	big := randomBytes(t, maxWriteBatch)
-	doneD := appendAndRelease(7, big, false)
-	waitAppended(maxWriteBatch - 1)
+	doneD := appendAndRelease(w, 7, big, false)
+	waitAppended(t, w, maxWriteBatch-1)
 	if returned(doneD) {
 		t.Fatal("a writer returned with a full batch pending")
 	}
@@ -552,29 +517,6 @@ func TestWriteCombining(t *testing.T) {
 func TestWriterStopsWritingForOthers(t *testing.T) {
 	w, cw, server := tlsPipeWriter(t)
 	cw.entered = make(chan struct{}, 16)
-	appendAndUnlock := func(id uint32, p string) chan error {
-		done := make(chan error, 1)
-		go func() {
-			w.lock()
-			err := w.appendData(id, false, []byte(p), 16<<10, nil)
-			done <- errors.Join(err, w.unlock())
-		}()
-		return done
-	}
-	waitAppended := func() {
-		for i := 0; ; i++ {
-			w.mu.Lock()
-			n := len(w.buf.b)
-			w.mu.Unlock()
-			if n > 0 {
-				return
-			}
-			if i == 10000 {
-				t.Fatal("frames were not appended")
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 	fr := http2.NewFramer(nil, server)
 	readData := func() string {
 		f, err := fr.ReadFrame()
@@ -584,34 +526,77 @@ func TestWriterStopsWritingForOthers(t *testing.T) {
 		return string(f.(*http2.DataFrame).Data())
 	}
 
-	doneA := appendAndUnlock(1, "a")
+	doneA := appendAndRelease(w, 1, []byte("a"), false)
 	<-cw.entered // A writes its batch
-	if err := <-appendAndUnlock(3, "b"); err != nil {
+	if err := <-appendAndRelease(w, 3, []byte("b"), false); err != nil {
 		t.Fatal(err)
 	}
 	if got := readData(); got != "a" {
 		t.Fatalf("read %q, want a", got)
 	}
 	<-cw.entered // A writes B's frames
-	if err := <-appendAndUnlock(5, "c"); err != nil {
+	if err := <-appendAndRelease(w, 5, []byte("c"), false); err != nil {
 		t.Fatal(err)
 	}
-	waitAppended()
+	waitAppended(t, w, 0)
 	if got := readData(); got != "b" {
 		t.Fatalf("read %q, want b", got)
 	}
 	// C's frames are pending and A has written two batches: A returns
 	// while another goroutine writes C's (blocked until the peer reads).
+	awaitDone(t, doneA, "the writer went on writing other streams' frames")
+	if got := readData(); got != "c" {
+		t.Fatalf("read %q, want c", got)
+	}
+}
+
+// appendAndRelease appends a DATA frame with p on stream id and releases
+// the write lock (unlockWait when wait), in a goroutine; the channel gets
+// the result.
+func appendAndRelease(w *frameWriter, id uint32, p []byte, wait bool) chan error {
+	done := make(chan error, 1)
+	go func() {
+		w.lock()
+		err := w.appendData(id, false, p, 16<<10, nil)
+		if wait {
+			err = errors.Join(err, w.unlockWait())
+		} else {
+			err = errors.Join(err, w.unlock())
+		}
+		done <- err
+	}()
+	return done
+}
+
+// pendingBytes is how many bytes of frames wait for the writer.
+func pendingBytes(w *frameWriter) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.buf.b)
+}
+
+// waitAppended waits until more than n bytes are pending.
+func waitAppended(t *testing.T, w *frameWriter, n int) {
+	t.Helper()
+	for i := 0; pendingBytes(w) <= n; i++ {
+		if i == 10000 {
+			t.Fatal("frames were not appended")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// awaitDone waits for a result from done and fails with msg if none comes
+// (the goroutine is stuck).
+func awaitDone(t *testing.T, done chan error, msg string) {
+	t.Helper()
 	select {
-	case err := <-doneA:
+	case err := <-done:
 		if err != nil {
 			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the writer went on writing other streams' frames")
-	}
-	if got := readData(); got != "c" {
-		t.Fatalf("read %q, want c", got)
+		t.Fatal(msg)
 	}
 }
 
