@@ -18,9 +18,10 @@ import (
 //
 // Write frames the bytes in the calling goroutine and writes them to the
 // TLS connection, or leaves them to the goroutine already writing there
-// (see frameWriter.release), waiting for HTTP/2 flow control as needed. Read returns bytes the connection's read loop queued;
-// WriteTo (used by io.Copy) lets the read loop write them straight into a
-// socket destination when the socket can take them (see TryWriter).
+// (see frameWriter.release), waiting for HTTP/2 flow control as needed.
+// Read returns bytes the connection's read loop queued; WriteTo (used by
+// io.Copy) lets the read loop write them straight into a socket
+// destination when the socket can take them (see TryWriter).
 //
 // Deadlines behave as on TCP: an expired deadline fails waiting reads and
 // writes with os.ErrDeadlineExceeded and can be extended afterwards. A write
